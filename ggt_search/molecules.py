@@ -1,0 +1,104 @@
+"""SMILES -> molecular graphs with OGB's features, and OGB's scaffold split.
+
+Every molecule becomes three integer arrays, exactly as `ogb.utils.smiles2graph` makes them:
+node features [n, 9] (`atom_to_feature_vector`), bond features [b, 3]
+(`bond_to_feature_vector`), and edges [2, 2b] with each bond stored in both directions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from ogb.utils.features import atom_to_feature_vector, bond_to_feature_vector
+from rdkit import Chem, RDLogger
+from rdkit.Chem.Scaffolds import MurckoScaffold
+
+RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with row numbers
+
+# Everything RDKit's full sanitization does except the valence check. A few molecules of
+# ogbg-molhiv (hypervalent metal complexes) fail that check in current RDKit but were part of
+# OGB's dataset, built with an older RDKit; parsed this way they featurize normally.
+_PARTIAL_SANITIZE = (
+    Chem.SanitizeFlags.SANITIZE_ALL
+    ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
+)
+
+
+@dataclass
+class MolGraph:
+    atoms: np.ndarray  # [n, 9] int
+    bonds: np.ndarray  # [2b, 3] int, one row per directed edge
+    edges: np.ndarray  # [2, 2b] int, local atom indices
+    scaffold: str
+
+
+def parse_smiles(smiles: str) -> Chem.Mol | None:
+    """RDKit molecule, or None when even a valence-tolerant parse fails."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is not None:
+        return mol
+    mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    if mol is None:
+        return None
+    mol.UpdatePropertyCache(strict=False)
+    if Chem.SanitizeMol(mol, _PARTIAL_SANITIZE, catchErrors=True) != Chem.SanitizeFlags.SANITIZE_NONE:
+        return None
+    return mol
+
+
+def scaffold_of(mol: Chem.Mol) -> str:
+    """Bemis-Murcko scaffold SMILES with chirality, as OGB's split used."""
+    try:
+        return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=True)
+    except Chem.AtomValenceException:
+        # The valence-tolerant molecules above: same decomposition, tolerant property cache.
+        scaffold = Chem.MurckoDecompose(mol)
+        scaffold.UpdatePropertyCache(strict=False)
+        return Chem.MolToSmiles(scaffold, isomericSmiles=True)
+
+
+def featurize(smiles: str) -> MolGraph | None:
+    mol = parse_smiles(smiles)
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    atoms = np.array([atom_to_feature_vector(a) for a in mol.GetAtoms()], dtype=np.int64)
+    edges, bonds = [], []
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        feature = bond_to_feature_vector(bond)
+        edges += [(i, j), (j, i)]
+        bonds += [feature, feature]
+    edges = np.array(edges, dtype=np.int64).T.reshape(2, -1)
+    bonds = np.array(bonds, dtype=np.int64).reshape(-1, 3)
+    return MolGraph(atoms, bonds, edges, scaffold_of(mol))
+
+
+def scaffold_split(scaffolds: list[str], frac_train: float = 0.8, frac_valid: float = 0.1):
+    """OGB's (deepchem's) deterministic scaffold split.
+
+    Scaffold sets are sorted by size, largest first, ties broken by the larger last row
+    index first; whole sets fill train up to 80%, then valid up to 90%, then test.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for row, scaffold in enumerate(scaffolds):
+        groups[scaffold].append(row)
+    ordered = sorted(groups.values(), key=lambda rows: (len(rows), rows[-1]), reverse=True)
+    n = len(scaffolds)
+    train, valid, test = [], [], []
+    for rows in ordered:
+        if len(train) + len(rows) > frac_train * n:
+            if len(train) + len(valid) + len(rows) > (frac_train + frac_valid) * n:
+                test += rows
+            else:
+                valid += rows
+        else:
+            train += rows
+    return np.array(sorted(train)), np.array(sorted(valid)), np.array(sorted(test))
+
+
+def random_split(n: int, seed: int, frac_train: float = 0.8, frac_valid: float = 0.1):
+    order = np.random.default_rng(seed).permutation(n)
+    a, b = int(round(frac_train * n)), int(round((frac_train + frac_valid) * n))
+    return np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:])
