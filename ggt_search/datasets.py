@@ -77,15 +77,15 @@ class DatasetSpec:
     split_seed: int = 0
     invalid_smiles: str = "fail"  # fail | skip
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "DatasetSpec":
-        values = dict(values)
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise UserError(f"unknown dataset key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        if values.get("target_columns") is not None:
-            values["target_columns"] = tuple(values["target_columns"])
-        return cls(**values)
+    def __post_init__(self):
+        if self.target_columns is not None:  # YAML gives a list; a tuple keeps the spec hashable
+            object.__setattr__(self, "target_columns", tuple(self.target_columns))
+        if self.split not in ("scaffold", "random"):
+            raise UserError(f"dataset.split = {self.split!r} is not one of scaffold, random")
+        if self.invalid_smiles not in ("fail", "skip"):
+            raise UserError(f"dataset.invalid_smiles = {self.invalid_smiles!r} is not one of fail, skip")
+        if self.task_type not in (None, "classification", "regression"):
+            raise UserError(f"dataset.task_type = {self.task_type!r} is not one of classification, regression")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
@@ -201,7 +201,8 @@ def load_dataset(spec: DatasetSpec | str, *, rebuild: bool = False) -> GraphSet:
         spec = DatasetSpec(spec)
     source = _resolve_source(spec)
     checksum = _sha256(source) if source.is_file() else "ogb-download"
-    key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, spec.to_dict(), checksum], sort_keys=True).encode()).hexdigest()[:16]
+    content = {k: v for k, v in spec.to_dict().items() if k != "source"}  # the checksum stands for the file
+    key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, content, checksum], sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / f"{Path(spec.name).stem}-{key}"
     path = folder / "graphs.pt"
     if path.exists() and not rebuild:
@@ -274,7 +275,7 @@ def _read_ogb_raw(name: str, folder: Path) -> GraphSet:
     raw = folder / "raw"
 
     def table(file: str, dtype=np.int64) -> np.ndarray:
-        return pd.read_csv(raw / file, compression="gzip", header=None).to_numpy(dtype)
+        return pd.read_csv(raw / file, compression="gzip", header=None).to_numpy(dtype, copy=True)
 
     num_nodes = table("num-node-list.csv.gz").ravel()
     num_bonds = table("num-edge-list.csv.gz").ravel()

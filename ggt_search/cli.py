@@ -1,0 +1,166 @@
+"""`ggt-search` (or `python search.py`): data, train, evaluate, search, dashboard, ablate, report, bench.
+
+Model and training flags are generated from the config dataclasses, so every config
+field has exactly one flag and `--help` lists them all with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from ggt_search.errors import UserError
+
+DATASET_HELP = "ogbg-mol* name, nci-tpsa (embedded, no network), or a CSV path"
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", required=required, default=argparse.SUPPRESS, help=DATASET_HELP)
+    group.add_argument("--source", default=argparse.SUPPRESS, help="build an OGB name offline from this MoleculeNet table (file, or the folder holding it)")
+    group.add_argument("--smiles-column", default=argparse.SUPPRESS, help="own CSV: the SMILES column (default: 'smiles')")
+    group.add_argument("--targets", default=argparse.SUPPRESS, help="own CSV: comma-separated target columns (default: all others)")
+    group.add_argument("--task-type", choices=("classification", "regression"), default=argparse.SUPPRESS, help="own CSV: override the inferred task type")
+    group.add_argument("--split", choices=("scaffold", "random"), default=argparse.SUPPRESS, help="own CSV: split (default scaffold, 80/10/10)")
+    group.add_argument("--split-seed", type=int, default=argparse.SUPPRESS, help="own CSV: seed of the random split")
+    group.add_argument("--invalid-smiles", choices=("fail", "skip"), default=argparse.SUPPRESS, help="unparsable SMILES: stop with their line numbers (default) or drop them")
+
+
+def dataset_overrides(args: argparse.Namespace) -> dict:
+    names = {"dataset": "name", "source": "source", "smiles_column": "smiles_column", "targets": "target_columns",
+             "task_type": "task_type", "split": "split", "split_seed": "split_seed", "invalid_smiles": "invalid_smiles"}
+    values = {key: getattr(args, flag) for flag, key in names.items() if hasattr(args, flag)}
+    if "target_columns" in values:
+        values["target_columns"] = [c.strip() for c in values["target_columns"].split(",") if c.strip()]
+    return values
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--config FILE plus one flag per model and train field; given flags override the file."""
+    from ggt_search.config import TrainConfig
+    from ggt_search.model import CHOICES, ModelConfig
+
+    parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
+    add_dataset_flags(parser)
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        group = parser.add_argument_group(section)
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in (bool, "bool"):
+                group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"default {default}")
+            else:
+                kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=CHOICES.get(f.name), default=argparse.SUPPRESS, help=f"default {default}")
+
+
+def run_config(args: argparse.Namespace):
+    from ggt_search.config import RunConfig
+
+    values = (RunConfig.load(args.config) if args.config else RunConfig()).to_dict()
+    dataset = dataset_overrides(args)
+    if "name" in dataset and dataset["name"] != values["dataset"]["name"]:
+        values["dataset"] = {}  # another dataset: the file's dataset options do not apply to it
+    values["dataset"].update(dataset)
+    for key, value in vars(args).items():
+        section, _, name = key.partition(".")
+        if section in ("model", "train") and name:
+            values[section][name] = value
+    return RunConfig.from_dict(values)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from ggt_search.config import build
+    from ggt_search.datasets import DatasetSpec, load_dataset
+
+    spec = build(DatasetSpec, dataset_overrides(args), "dataset")
+    graphs = load_dataset(spec, rebuild=getattr(args, "rebuild", False))
+    if args.action == "build":
+        graphs.load_pe(args.pe_dim)
+        print(f"cached {graphs.num_graphs} graphs and PEs (k={max(args.pe_dim, 20)}) in {graphs.cache_dir}")
+    else:
+        info = graphs.summary()
+        print(json.dumps(info, indent=2) if args.json else "\n".join(f"{k:16s} {v}" for k, v in info.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ggt_search.train import Trainer
+
+    config = run_config(args)
+    trainer = Trainer(config)
+    out = args.out or Path("runs") / f"{trainer.graphs.name}-{config.model.conv}-seed{config.train.seed}"
+    from ggt_search.model import count_parameters
+
+    print(f"{trainer.graphs.name}: {trainer.graphs.num_graphs} graphs; model {count_parameters(trainer.build_model()):,} parameters on {trainer.device}")
+
+    def show(record):
+        print(f"epoch {record.epoch:3d}  train loss {record.train_loss:.4f}  valid loss {record.valid_loss:.4f}  valid {trainer.graphs.metric} {record.valid_metric:.4f}  ({record.seconds:.1f}s)")
+
+    result = trainer.fit(out, on_epoch=show)
+    print(f"best epoch {result.best_epoch}: valid {result.metric} {result.best_valid:.4f}, test {result.metric} {result.test:.4f}")
+    print(f"run directory: {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ggt_search.evaluate import evaluate_seeds, parse_seeds, summary_markdown
+
+    config = run_config(args)
+    out = args.out or Path("runs") / f"evaluate-{Path(config.dataset.name).stem}-{config.model.conv}"
+    summary = evaluate_seeds(config, parse_seeds(args.seeds), out)
+    print(summary_markdown(summary))
+    print(f"written: {out / 'summary.md'}, {out / 'summary.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect or prepare a dataset")
+    data_actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = data_actions.add_parser("info", help="size, tasks, label coverage, split, atoms and bonds per graph")
+    info.add_argument("name", metavar="NAME|PATH", help=DATASET_HELP)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    build = data_actions.add_parser("build", help="featurize and cache a dataset and its Laplacian PEs")
+    build.add_argument("name", metavar="NAME|PATH", help=DATASET_HELP)
+    build.add_argument("--pe-dim", type=int, default=20, help="PE columns to cache (default 20)")
+    build.add_argument("--rebuild", action="store_true", help="ignore the cache")
+    for sub in (info, build):
+        add_dataset_flags(sub)
+        sub.set_defaults(func=cmd_data)
+
+    train = commands.add_parser("train", help="train one model (the reference's defaults)")
+    add_config_flags(train)
+    train.add_argument("--out", type=Path, help="run directory (default runs/<dataset>-<conv>-seed<seed>)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="train one config over several seeds and print OGB's summary")
+    add_config_flags(evaluate)
+    evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
+    evaluate.add_argument("--out", type=Path, help="output folder; finished seeds there are not rerun")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "name", None) is not None and args.command == "data":
+        args.dataset = args.name
+    try:
+        args.func(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

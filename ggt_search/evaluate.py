@@ -1,0 +1,98 @@
+"""OGB-style final evaluation: one config, many seeds, mean +- unbiased std.
+
+Each seed trains in its own run directory; a seed whose `result.json` exists is not
+retrained, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ggt_search.config import RunConfig
+from ggt_search.errors import UserError
+from ggt_search.train import Trainer, environment
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' -> [0..9]; '0,3,5' -> [0, 3, 5]; '4' -> [4]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            seeds += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise UserError(f"bad seed list {text!r}; write e.g. 0-9 or 0,1,2") from None
+    if not seeds:
+        raise UserError(f"seed list {text!r} is empty")
+    return seeds
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and unbiased (n-1) standard deviation, as OGB's leaderboard asks."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan")
+
+
+def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = None
+    results = {}
+    for seed in seeds:
+        run_dir = out / f"seed-{seed}"
+        done = run_dir / "result.json"
+        if done.exists():
+            print(f"seed {seed}: done already ({done})")
+        else:
+            seeded = replace(config, train=replace(config.train, seed=seed))
+            trainer = trainer or Trainer(seeded)
+            trainer.config = seeded
+            result = trainer.fit(run_dir)
+            print(f"seed {seed}: valid {result.best_valid:.4f}  test {result.test:.4f}  (best epoch {result.best_epoch})")
+        results[seed] = json.loads(done.read_text())
+    summary = summarise(config, results, trainer)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
+def summarise(config: RunConfig, results: dict[int, dict], trainer: Trainer | None) -> dict:
+    first = next(iter(results.values()))
+    test_mean, test_std = mean_std([r["test"] for r in results.values()])
+    valid_mean, valid_std = mean_std([r["best_valid"] for r in results.values()])
+    return {
+        "dataset": config.dataset.name,
+        "metric": first["metric"],
+        "seeds": sorted(results),
+        "test": {"mean": test_mean, "std": test_std},
+        "valid": {"mean": valid_mean, "std": valid_std},
+        "parameters": first["parameters"],
+        "per_seed": {seed: {"valid": r["best_valid"], "test": r["test"], "best_epoch": r["best_epoch"]} for seed, r in results.items()},
+        "hardware": environment(trainer.device)["hardware"] if trainer else "see seed-*/environment.json",
+        "config": config.to_dict(),
+    }
+
+
+def summary_markdown(summary: dict) -> str:
+    metric, n = summary["metric"], len(summary["seeds"])
+    lines = [
+        f"# {summary['dataset']}: {n} seeds ({summary['seeds'][0]}-{summary['seeds'][-1]})",
+        "",
+        f"| | {metric} mean | std (n-1) |",
+        "|---|---|---|",
+        f"| test | {summary['test']['mean']:.4f} | {summary['test']['std']:.4f} |",
+        f"| validation | {summary['valid']['mean']:.4f} | {summary['valid']['std']:.4f} |",
+        "",
+        f"Parameters: {summary['parameters']:,}. Hardware: {summary['hardware']}.",
+        "",
+        "Hyperparameters:",
+        "",
+        "```yaml",
+        yaml.safe_dump(summary["config"], sort_keys=False).rstrip(),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,51 @@
+"""Task losses and OGB metrics.
+
+Official OGB names are scored by OGB's own `Evaluator`; other datasets by the same rules
+(ROC-AUC and AP averaged over tasks that have both classes among labelled entries, RMSE
+and MAE over labelled entries), so a number means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False, "mae": False}
+
+
+def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.Tensor:
+    """BCE-with-logits (classification) or MSE (regression) over labelled entries only."""
+    labelled = ~torch.isnan(y)
+    logits, y = logits.float()[labelled], y[labelled]
+    if task_type == "classification":
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.mse_loss(logits, y)
+
+
+def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, dataset: str | None = None) -> float:
+    from ggt_search.datasets import OGB_DATASETS
+
+    if dataset in OGB_DATASETS:
+        from ogb.graphproppred import Evaluator
+
+        return float(Evaluator(dataset).eval({"y_true": y_true, "y_pred": y_pred})[metric])
+    return _score(metric, y_true, y_pred)
+
+
+def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if metric in ("rmse", "mae"):
+        labelled = ~np.isnan(y_true)
+        errors = (y_pred - y_true)[labelled]
+        return float(np.sqrt(np.mean(errors**2)) if metric == "rmse" else np.mean(np.abs(errors)))
+    rank_metric = roc_auc_score if metric == "rocauc" else average_precision_score
+    per_task = []
+    for task in range(y_true.shape[1]):
+        labelled = ~np.isnan(y_true[:, task])
+        truth = y_true[labelled, task]
+        if (truth == 1).any() and (truth == 0).any():
+            per_task.append(rank_metric(truth, y_pred[labelled, task]))
+    if not per_task:
+        raise ValueError(f"no task has both classes among labelled entries; {metric} is undefined")
+    return float(np.mean(per_task))

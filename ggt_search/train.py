@@ -1,0 +1,259 @@
+"""Train one candidate: the reference's recipe, with OGB's selection rule.
+
+Each epoch trains on the training split and scores the validation split; the epoch with
+the best validation metric is kept (its weights too). The test split is scored once, at
+the end, with those weights, and only when the caller asks: a search never reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ggt_search.batching import DeviceGraphs
+from ggt_search.config import RunConfig
+from ggt_search.datasets import GraphSet, load_dataset
+from ggt_search.errors import UserError
+from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score
+from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
+
+EVAL_BATCH_SIZE = 1024
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the candidate diverged."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    valid_metric: float
+    lr: float
+    seconds: float
+    train_metric: float | None = None
+
+
+@dataclass
+class RunResult:
+    metric: str
+    best_epoch: int
+    best_valid: float
+    test: float | None
+    parameters: int
+    seconds: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"history": [r.__dict__ for r in self.history]}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this torch has no CUDA device; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def environment(device: torch.device) -> dict:
+    import torch_geometric
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()) + f", {torch.get_num_threads()} threads",
+    }
+    return info
+
+
+class Trainer:
+    """Holds a dataset on its device and trains models on it, one `fit` per candidate."""
+
+    def __init__(self, config: RunConfig, graphs: GraphSet | None = None):
+        self.config = config
+        self.device = resolve_device(config.train.device)
+        self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
+        self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim)
+        self.higher_is_better = HIGHER_IS_BETTER[self.graphs.metric]
+        # Regression targets are standardised with training-split statistics (the model
+        # learns z-scores; predictions are mapped back), so one learning rate suits
+        # TPSA (~60) and ESOL (~-3) alike. Classification targets stay 0/1.
+        self.target_mean = torch.zeros(self.graphs.num_tasks, device=self.device)
+        self.target_std = torch.ones(self.graphs.num_tasks, device=self.device)
+        if self.graphs.task_type == "regression":
+            train_y = self.graphs.y[self.graphs.split["train"]]
+            self.target_mean = torch.nanmean(train_y, 0).to(self.device)
+            self.target_std = _nanstd(train_y).clamp(min=1e-6).to(self.device)
+
+    def build_model(self) -> GatedGraphTransformer:
+        histogram = in_degree_histogram(self.graphs) if self.config.model.aggregation == "pna" else None
+        return GatedGraphTransformer(self.config.model, self.graphs.num_tasks, histogram).to(self.device)
+
+    def autocast(self):
+        precision = self.config.train.precision
+        if precision == "fp32" or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+    def fit(
+        self,
+        run_dir: Path | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+        evaluate_test: bool = True,
+    ) -> RunResult:
+        cfg = self.config.train
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        model = self.build_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        log = RunLog(run_dir, self.config, self.device, count_parameters(model))
+
+        best_state, best_valid, best_epoch, history = None, None, 0, []
+        start = time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            tic = time.perf_counter()
+            train_loss = self.train_epoch(model, optimizer, scaler, shuffle, epoch)
+            valid_loss, valid_metric = self.evaluate(model, "valid")
+            scheduler.step(valid_loss)
+            record = EpochRecord(epoch, train_loss, valid_loss, valid_metric, optimizer.param_groups[0]["lr"], time.perf_counter() - tic)
+            if cfg.eval_train:
+                record.train_metric = self.evaluate(model, "train")[1]
+            history.append(record)
+            log.epoch(record)
+            if best_valid is None or self.is_better(valid_metric, best_valid):
+                best_valid, best_epoch = valid_metric, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                log.weights(best_state)
+            if on_epoch is not None:
+                on_epoch(record)
+
+        model.load_state_dict(best_state)
+        test = self.evaluate(model, "test")[1] if evaluate_test else None
+        result = RunResult(self.graphs.metric, best_epoch, best_valid, test, count_parameters(model), time.perf_counter() - start, history)
+        log.result(result)
+        return result
+
+    def standardise(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.target_mean) / self.target_std
+
+    def is_better(self, value: float, than: float) -> bool:
+        return value > than if self.higher_is_better else value < than
+
+    def train_epoch(self, model, optimizer, scaler, generator, epoch: int) -> float:
+        model.train()
+        total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
+        steps = 0
+        batches = self.data.batches("train", self.config.train.batch_size, shuffle=True, generator=generator)
+        num_batches = math.ceil(len(self.data.split["train"]) / self.config.train.batch_size)
+        for batch in tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty()):
+            if batch.num_graphs == 1:
+                continue  # a last batch of one graph: BatchNorm cannot normalise a single sample
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = masked_loss(model(batch), self.standardise(batch.y), self.graphs.task_type)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.detach()
+            steps += 1
+        mean_loss = float(total) / max(steps, 1)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
+        return mean_loss
+
+    @torch.no_grad()
+    def predict(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        logits, labels = [], []
+        for batch in self.data.batches(split, EVAL_BATCH_SIZE):
+            with self.autocast():
+                logits.append(model(batch).float())
+            labels.append(batch.y)
+        return torch.cat(logits), torch.cat(labels)
+
+    def evaluate(self, model, split: str) -> tuple[float, float]:
+        """(loss, metric) on a split; the metric is OGB's, on probabilities or values."""
+        logits, labels = self.predict(model, split)
+        loss = float(masked_loss(logits, self.standardise(labels), self.graphs.task_type))
+        if self.graphs.task_type == "classification":
+            predictions = torch.sigmoid(logits)
+        else:
+            predictions = logits * self.target_std + self.target_mean
+        return loss, score(self.graphs.metric, labels.cpu().numpy(), predictions.cpu().numpy(), self.graphs.name)
+
+
+def _nanstd(y: torch.Tensor) -> torch.Tensor:
+    mean = torch.nanmean(y, 0)
+    return torch.sqrt(torch.nanmean((y - mean) ** 2, 0))
+
+
+class RunLog:
+    """A run directory: config.yaml, environment.json, metrics.csv, best.pt, result.json."""
+
+    def __init__(self, run_dir: Path | None, config: RunConfig, device: torch.device, parameters: int):
+        self.dir = Path(run_dir) if run_dir else None
+        self.tensorboard = None
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config.save(self.dir / "config.yaml")
+        (self.dir / "environment.json").write_text(json.dumps(environment(device) | {"parameters": parameters}, indent=2))
+        self.metrics = self.dir / "metrics.csv"
+        self.metrics.unlink(missing_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def epoch(self, record: EpochRecord) -> None:
+        if self.dir is None:
+            return
+        row = record.__dict__
+        new = not self.metrics.exists()
+        with open(self.metrics, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    self.tensorboard.add_scalar(key, value, record.epoch)
+
+    def weights(self, state: dict) -> None:
+        if self.dir is not None:
+            torch.save(state, self.dir / "best.pt")
+
+    def result(self, result: RunResult) -> None:
+        if self.dir is None:
+            return
+        tmp = self.dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.replace(self.dir / "result.json")  # result.json appears only when the run is complete
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -1,0 +1,48 @@
+"""Shared fixtures: the MoleculeNet tables in ../shared, a private cache, small real datasets."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MOLECULENET = Path(os.environ.get("GGT_MOLECULENET", ROOT.parent / "shared" / "data" / "moleculenet"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test session builds into its own cache, so tests never see a user's cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["GGT_SEARCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def moleculenet() -> Path:
+    if not (MOLECULENET / "BBBP.csv").exists():
+        pytest.fail(f"shared MoleculeNet tables not found at {MOLECULENET}; set GGT_MOLECULENET")
+    return MOLECULENET
+
+
+@pytest.fixture(scope="session")
+def bbbp(moleculenet):
+    from ggt_search.datasets import DatasetSpec, load_dataset
+
+    return load_dataset(DatasetSpec("ogbg-molbbbp", source=str(moleculenet)))
+
+
+@pytest.fixture(scope="session")
+def bbbp_small(bbbp):
+    """240 real molecules of ogbg-molbbbp (train 160 / valid 40 / test 40, both classes)."""
+    torch.manual_seed(0)
+    picked = torch.cat([bbbp.split[s][torch.randperm(len(bbbp.split[s]))[:n]] for s, n in (("train", 160), ("valid", 40), ("test", 40))])
+    return bbbp.subset(picked.sort().values)
+
+
+def tiny_config(**model):
+    """A small model and two epochs: seconds on a CPU."""
+    from ggt_search.config import RunConfig
+
+    values = {"layers": 2, "hidden": 16, "pe_dim": 4, "dropout": 0.0} | model
+    return RunConfig.from_dict({"dataset": "ogbg-molbbbp", "model": values, "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})

@@ -1,0 +1,173 @@
+import pandas as pd
+import pytest
+import torch
+
+from ggt_search.datasets import DatasetSpec, cache_root, load_dataset
+from ggt_search.errors import UserError
+from ggt_search.positional import laplacian_pe
+
+REJECTED_BY_RDKIT = [137, 987, 12882, 18293, 30784, 30785, 35728]
+
+
+@pytest.mark.slow
+def test_offline_molhiv_reproduces_ogb(moleculenet):
+    spec = DatasetSpec("ogbg-molhiv", source=str(moleculenet / "HIV.csv.gz"))
+    hiv = load_dataset(spec)
+    assert hiv.num_graphs == 41127  # nothing dropped: the 7 valence-rejected molecules are in
+    assert {s: len(i) for s, i in hiv.split.items()} == {"train": 32901, "valid": 4113, "test": 4113}
+    assert int(hiv.y.sum()) == 1443
+    assert hiv.metric == "rocauc" and hiv.atoms.shape[1] == 9 and hiv.bonds.shape[1] == 3
+    for row in REJECTED_BY_RDKIT:
+        assert hiv.num_nodes()[row] > 5 and hiv.num_edges()[row] > 0
+    splits = torch.cat(list(hiv.split.values()))
+    assert len(torch.unique(splits)) == hiv.num_graphs  # a partition
+    again = load_dataset(spec)  # second load comes from the cache
+    assert torch.equal(again.atoms, hiv.atoms) and torch.equal(again.split["test"], hiv.split["test"])
+
+
+def test_embedded_dataset_needs_no_network():
+    tpsa = load_dataset("nci-tpsa")
+    assert tpsa.num_graphs == 4999 and tpsa.task_type == "regression" and tpsa.metric == "rmse"
+    assert {s: len(i) for s, i in tpsa.split.items()} == {"train": 3999, "valid": 500, "test": 500}
+    assert float(tpsa.y[0, 0]) == pytest.approx(34.14)
+
+
+def _write_ogb_raw(graphs, folder):
+    """Write a GraphSet in OGB's raw download layout (one row per bond, local atom ids)."""
+    raw, split = folder / "raw", folder / "split" / "scaffold"
+    raw.mkdir(parents=True)
+    split.mkdir(parents=True)
+    one_direction = torch.arange(0, graphs.edges.shape[1], 2)
+    tables = {
+        "edge": graphs.edges[:, one_direction].T, "edge-feat": graphs.bonds[one_direction],
+        "node-feat": graphs.atoms, "num-node-list": graphs.num_nodes()[:, None],
+        "num-edge-list": graphs.num_edges()[:, None] // 2, "graph-label": graphs.y,
+    }
+    for name, table in tables.items():
+        pd.DataFrame(table.numpy()).to_csv(raw / f"{name}.csv.gz", header=False, index=False, compression="gzip")
+    for name, idx in graphs.split.items():
+        pd.DataFrame(idx.numpy()).to_csv(split / f"{name}.csv.gz", header=False, index=False, compression="gzip")
+
+
+def test_ogb_download_layout_is_read_and_reloaded(bbbp):
+    """An OGB download (raw csv files) is read into our cache, and the second load works."""
+    _write_ogb_raw(bbbp, cache_root() / "ogb" / "ogbg_molbbbp")
+    for _ in range(2):  # the second load is the one that fails with ogb's own classes
+        official = load_dataset("ogbg-molbbbp")
+        assert torch.equal(official.atoms, bbbp.atoms)
+        assert torch.allclose(official.y, bbbp.y, equal_nan=True)
+        assert all(torch.equal(official.split[s], bbbp.split[s]) for s in bbbp.split)
+        for g in (0, 100, 2000):  # the same bonds, in both directions, per graph
+            own = {tuple(e) for e in bbbp.edges[:, bbbp.edge_ptr[g]:bbbp.edge_ptr[g + 1]].T.tolist()}
+            read = {tuple(e) for e in official.edges[:, official.edge_ptr[g]:official.edge_ptr[g + 1]].T.tolist()}
+            assert own == read
+
+
+def _tox21_slice(moleculenet, tmp_path, rows=60, edit=None):
+    frame = pd.read_csv(moleculenet / "tox21.csv").head(rows)
+    if edit:
+        edit(frame)
+    path = tmp_path / "own.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_own_csv_classification_with_missing_labels(moleculenet, tmp_path):
+    path = _tox21_slice(moleculenet, tmp_path)
+    own = load_dataset(DatasetSpec(str(path)))
+    assert own.task_type == "classification" and own.num_tasks == 12 and own.metric == "rocauc"
+    assert torch.isnan(own.y).any()  # missing labels stay missing
+    regression = load_dataset(DatasetSpec(str(path), target_columns=("NR-AR",), task_type="regression"))
+    assert regression.task_type == "regression" and regression.num_tasks == 1
+
+
+def test_random_split_follows_its_seed(moleculenet, tmp_path):
+    path = _tox21_slice(moleculenet, tmp_path)
+    a = load_dataset(DatasetSpec(str(path), split="random", split_seed=1))
+    b = load_dataset(DatasetSpec(str(path), split="random", split_seed=2))
+    assert {s: len(i) for s, i in a.split.items()} == {"train": 48, "valid": 6, "test": 6}
+    assert not torch.equal(a.split["train"], b.split["train"])
+
+
+def test_bad_smiles_are_reported_by_line_or_skipped(moleculenet, tmp_path):
+    def corrupt(frame):
+        frame.loc[3, "smiles"] = "C1CC(((not a molecule"
+    path = _tox21_slice(moleculenet, tmp_path, edit=corrupt)
+    with pytest.raises(UserError, match=r"1 SMILES could not be parsed .*line 5\).*--invalid-smiles skip"):
+        load_dataset(DatasetSpec(str(path)))
+    kept = load_dataset(DatasetSpec(str(path), invalid_smiles="skip"))
+    assert kept.num_graphs == 59
+
+
+@pytest.mark.parametrize("spec, message", [
+    (DatasetSpec("missing/file.csv"), "neither a known name"),
+    (DatasetSpec("ogbg-molfoo"), "unknown OGB dataset"),
+    (DatasetSpec("ogbg-molhiv", source="/nowhere/HIV.csv.gz"), "source file not found"),
+    (DatasetSpec("ogbg-molbace", source="/tmp"), "no MoleculeNet table offline"),
+])
+def test_bad_dataset_names_get_one_clear_error(spec, message):
+    with pytest.raises(UserError, match=message):
+        load_dataset(spec)
+
+
+def test_bad_columns_and_empty_molecules(moleculenet, tmp_path):
+    path = _tox21_slice(moleculenet, tmp_path)
+    with pytest.raises(UserError, match=r"no column\(s\) \['nope'\]"):
+        load_dataset(DatasetSpec(str(path), target_columns=("nope",)))
+    with pytest.raises(UserError, match="no 'smiles' column"):
+        load_dataset(DatasetSpec(str(_no_smiles(path))))
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_text("smiles,y\nxx((,1\nyy)),0\n")
+    with pytest.raises(UserError, match="no SMILES could be parsed"):
+        load_dataset(DatasetSpec(str(garbage), invalid_smiles="skip"))
+
+
+def _no_smiles(path):
+    renamed = path.with_name("renamed.csv")
+    pd.read_csv(path).rename(columns={"smiles": "molecule"}).to_csv(renamed, index=False)
+    return renamed
+
+
+def _laplacian(graphs, g):
+    n = int(graphs.num_nodes()[g])
+    a = torch.zeros(n, n, dtype=torch.float64)
+    src, dst = graphs.edges[:, graphs.edge_ptr[g]:graphs.edge_ptr[g + 1]]
+    a[src, dst] = 1
+    d = a.sum(1).clamp(min=1).rsqrt()
+    return torch.eye(n, dtype=torch.float64) - d[:, None] * a * d[None, :]
+
+
+def test_pe_are_orthonormal_eigenvectors_on_real_molecules(bbbp):
+    pe = bbbp.load_pe(8)
+    for g in range(0, 400, 7):
+        rows = slice(int(bbbp.node_ptr[g]), int(bbbp.node_ptr[g + 1]))
+        v = pe[rows].double()
+        v = v[:, v.abs().sum(0) > 0]  # zero columns are padding
+        laplacian = _laplacian(bbbp, g)
+        eigenvalues = (v * (laplacian @ v)).sum(0)
+        assert torch.allclose(laplacian @ v, v * eigenvalues, atol=1e-5)
+        assert torch.allclose(v.T @ v, torch.eye(v.shape[1], dtype=torch.float64), atol=1e-5)
+        assert (eigenvalues > 1e-6).all()  # trivial eigenvectors are never kept
+
+
+def test_pe_drops_every_trivial_eigenvector_and_pads_small_graphs(tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_text("smiles,y\nCCO.CCN,1\nCO,0\nc1ccccc1,1\n")  # two components; two atoms; a ring
+    odd = load_dataset(DatasetSpec(str(path)))
+    pe = laplacian_pe(odd.edges, odd.node_ptr, odd.edge_ptr, k=5)
+    salt = pe[0:6]
+    components = torch.tensor([[1.0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
+    assert salt[:, :4].abs().sum(0).gt(0).all()  # 6 atoms - 2 components = 4 informative columns
+    assert torch.allclose(salt[:, 4], torch.zeros(6))  # then padding
+    # No kept column lies in the span of the (degree-weighted) component indicators.
+    weights = torch.tensor([1.0, 2, 1, 1, 2, 1]).sqrt()
+    assert torch.allclose(salt[:, :4].T @ (components * weights).T, torch.zeros(4, 2), atol=1e-5)
+    two_atoms = pe[6:8]
+    assert two_atoms[:, 0].abs().sum() > 0 and torch.allclose(two_atoms[:, 1:], torch.zeros(2, 4))
+    assert pe[8:14].abs().sum(0).gt(0).all()  # benzene: 5 non-trivial eigenvectors
+
+
+def test_pe_cache_is_reused(bbbp):
+    first = bbbp.load_pe(4)
+    assert (bbbp.cache_dir / "pe-k20.pt").exists()
+    assert torch.equal(bbbp.load_pe(16)[:, :4], first[:, :4])
