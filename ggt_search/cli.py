@@ -38,7 +38,7 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
     return values
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """--config FILE plus one flag per model and train field; given flags override the file."""
     from ggt_search.config import TrainConfig
     from ggt_search.model import CHOICES, ModelConfig
@@ -48,6 +48,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         group = parser.add_argument_group(section)
         for f in fields(cls):
+            if f.name in skip:
+                continue
             default = f.default if f.default is not MISSING else None
             flag = "--" + f.name.replace("_", "-")
             if f.type in (bool, "bool"):
@@ -117,6 +119,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"written: {out / 'summary.md'}, {out / 'summary.json'}")
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from ggt_search.study import SearchSettings, search
+
+    if args.trials is None and args.timeout is None:
+        args.trials = 20
+    settings = SearchSettings(
+        study=args.study, base=run_config(args).with_overrides(train={"seed": args.seed}), space_file=args.space, trials=args.trials, timeout=args.timeout,
+        sampler=args.sampler, pruner=args.pruner, storage=args.storage, artifacts=args.artifacts, seed=args.seed,
+        workers=args.workers, heartbeat=args.heartbeat,
+    )
+    search(settings)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from ggt_search.dashboard import serve
+
+    serve(args.storage, args.artifacts, args.host, args.port)
+
+
+def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    from ggt_search.study import DEFAULT_STORAGE
+
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage: SQLite file or any SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db (default {DEFAULT_STORAGE})")
+    parser.add_argument("--artifacts", help="folder of the artifact store (best weights); default: beside the SQLite file, else ./artifacts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -144,6 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
     evaluate.add_argument("--out", type=Path, help="output folder; finished seeds there are not rerun")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    search = commands.add_parser("search", help="run or resume an Optuna architecture search",
+                                 description="Each trial samples a config from the space, trains it, reports the validation metric every epoch and may be pruned. The same command resumes the study.")
+    search.add_argument("--study", required=True, help="study name (re-use it to resume or add trials)")
+    search.add_argument("--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)")
+    search.add_argument("--trials", type=int, help="the study's total number of trials (default 20; rerun with more to add)")
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--sampler", choices=("tpe", "random", "grid", "gp"), default="tpe")
+    search.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    search.add_argument("--workers", type=int, default=1, help="worker processes on this machine (spread over GPUs)")
+    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial's training")
+    search.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats; a trial silent for 4x this is failed and retried")
+    add_storage_flags(search)
+    add_config_flags(search, skip=("seed",))
+    search.set_defaults(func=cmd_search)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    add_storage_flags(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -16,7 +16,7 @@ if [ -n "$pg_bin" ]; then
   pg_dir=$(mktemp -d /tmp/ggt-pg.XXXX)
   run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
   [ "$(id -u)" = 0 ] && chown postgres "$pg_dir"
-  run_pg "$pg_bin/initdb" -q -D "$pg_dir/data" -U ggt --auth=trust >/dev/null
+  run_pg "$pg_bin/initdb" -D "$pg_dir/data" -U ggt --auth=trust >/dev/null
   run_pg "$pg_bin/pg_ctl" -s -D "$pg_dir/data" -o "-p 54329 -k $pg_dir -c listen_addresses=127.0.0.1" -l "$pg_dir/log" -w start
   trap 'run_pg "$pg_bin/pg_ctl" -s -D "$pg_dir/data" -m fast stop; rm -rf "$pg_dir"' EXIT
   run_pg "$pg_bin/createdb" -h 127.0.0.1 -p 54329 -U ggt ggt_test

@@ -1,0 +1,158 @@
+"""Search studies on a real slice of ogbg-molbbbp: pruning, resume, faults, killed workers, workers on PostgreSQL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from ggt_search import cli
+from ggt_search.config import RunConfig
+from ggt_search.errors import UserError
+from ggt_search.space import load_space
+from ggt_search.study import SearchSettings, search
+
+TINY_SPACE = """
+model.conv: {choices: [gated-gcn, gcn, mlp]}
+model.pe_dim: {choices: [0, 4]}
+model.pe_sign_flip: {choices: ["off", batch], when: {model.pe_dim: [4]}}
+model.layers: {int: [1, 2]}
+model.hidden: {choices: [8, 16]}
+train.lr: {float: [1.0e-3, 1.0e-2], log: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def bbbp_csv(moleculenet, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "bbbp300.csv"
+    pd.read_csv(moleculenet / "BBBP.csv").sample(300, random_state=0).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def settings(tmp_path, bbbp_csv, space, **overrides):
+    base = RunConfig.from_dict({"dataset": str(bbbp_csv), "model": {"dropout": 0.0}, "train": {"epochs": 4, "batch_size": 64, "device": "cpu"}})
+    values = dict(study="s", base=base, space_file=str(space), trials=8, storage=f"sqlite:///{tmp_path}/study.db", heartbeat=2) | overrides
+    return SearchSettings(**values)
+
+
+def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
+    study = search(settings(tmp_path, bbbp_csv, space, pruner="hyperband"))
+    states = [t.state for t in study.trials]
+    assert len(states) == 8 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    for trial in done:
+        assert {"config", "parameters", "epochs", "seconds", "best_epoch", "curve"} <= set(trial.user_attrs)
+        assert len(trial.intermediate_values) == trial.user_attrs["epochs"] == 4
+    best = study.best_trial
+    assert best.user_attrs["weights"] == "artifact: best.pt" and optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
+    assert "[8/8] trial 7" in capsys.readouterr().out
+
+    again = search(settings(tmp_path, bbbp_csv, space, pruner="hyperband", trials=10))  # same study: two more
+    assert len(again.trials) == 10 and [t.number for t in again.trials[:8]] == list(range(8))
+    params = [tuple(sorted(t.params.items())) for t in again.trials]
+    assert len(set(params)) == len(params)  # the resumed sampler does not replay earlier trials
+    search(settings(tmp_path, bbbp_csv, space, trials=10))
+    assert "already has 10 trials" in capsys.readouterr().out
+
+
+def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp_path, bbbp_csv):
+    space = tmp_path / "faulty.yaml"
+    space.write_text("train.device: {choices: [cpu, 'cuda:7']}\ntrain.lr: {choices: [1.0e-3, 1.0e+9]}\nmodel.hidden: 8\nmodel.layers: 1\n")
+    study = search(settings(tmp_path, bbbp_csv, space, sampler="grid", trials=4, pruner="none"))
+    by_params = {(t.params["train.device"], t.params["train.lr"]): t for t in study.trials}
+    assert len(by_params) == 4
+    assert by_params[("cpu", 1e-3)].state == TrialState.COMPLETE
+    diverged = by_params[("cpu", 1e9)]
+    assert diverged.state == TrialState.PRUNED and "training loss is" in diverged.user_attrs["reason"]
+    for lr in (1e-3, 1e9):
+        failed = by_params[("cuda:7", lr)]
+        assert failed.state == TrialState.FAIL and "CUDA" in failed.user_attrs["reason"]
+
+
+def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
+    from ggt_search.train import Trainer
+
+    original = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, split: original(self, model, split) if split != "test" else pytest.fail("test read"))
+    search(settings(tmp_path, bbbp_csv, space, trials=2))
+
+
+def test_killed_worker_trial_is_failed_and_retried(tmp_path, bbbp_csv, space):
+    storage = f"sqlite:///{tmp_path}/killed.db"
+    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "k", "--space", str(space), "--trials", "1",
+               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--heartbeat", "1"]
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="k", storage=storage).trials
+        except KeyError:
+            continue
+        if trials and len(trials[0].intermediate_values) >= 2:
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert optuna.load_study(study_name="k", storage=storage).trials[0].state == TrialState.RUNNING
+    time.sleep(5)  # past the grace period of 4 heartbeats
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    trials = optuna.load_study(study_name="k", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params  # the retry trains the same candidate
+
+
+@pytest.mark.postgres
+def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
+    url = os.environ.get("GGT_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("GGT_TEST_POSTGRES_URL not set (tests/run.sh starts a server)")
+    study_name = f"pg-{os.getpid()}-{time.time_ns()}"
+    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", study_name, "--space", str(space), "--trials", "6",
+               "--epochs", "3", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", url, "--artifacts", str(tmp_path / "a")]
+    workers = [subprocess.Popen(command + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trials = optuna.load_study(study_name=study_name, storage=url).trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6  # exactly what was asked: none lost, no extra
+    assert len({t.number for t in trials}) == len(trials)
+    assert all("surplus" in t.user_attrs.get("reason", "") for t in trials if t.state == TrialState.FAIL)
+    assert all(sum(f"trial {t.number} " in out for out in outputs) == 1 for t in finished)  # each trained by one worker
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model.convv: {choices: [gcn]}\n", "unknown key 'model.convv'"),
+    ("model.layers: {int: [4, 2]}\n", r"model.layers.int must be \[low, high\]"),
+    ("model.ffn_ratio: {choices: [2], when: {model.ffn: [true]}}\n", "not an earlier key"),
+    ("model.layers: {choices: [2], int: [1, 3]}\n", "exactly one of"),
+])
+def test_invalid_space_names_the_key(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_space(path)
+
+
+def test_search_cli_bad_storage_is_one_line(tmp_path, capsys):
+    assert cli.main(["search", "--study", "x", "--storage", "nodb", "--trials", "1"]) == 2
+    assert "is not a database URL" in capsys.readouterr().err
+
+
+def test_default_space_loads_and_covers_the_issue():
+    space = load_space()
+    assert space["model.conv"]["choices"] == ["gated-gcn", "gcn", "mlp"]
+    assert space["model.norm"]["choices"] == ["batch", "layer", "graph", "none"]
+    assert space["model.pe_dim"]["choices"] == [0, 4, 8, 16, 20]
+    assert space["model.ffn_ratio"]["choices"] == [1, 2, 4, 8]
