@@ -138,6 +138,16 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     serve(args.storage, args.artifacts, args.host, args.port)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from ggt_search.bench import markdown, run_bench, write_report
+
+    report = run_bench(run_config(args), concurrent=args.concurrent, max_graphs=args.max_graphs, baseline=not args.no_baseline)
+    print(markdown(report))
+    if args.out:
+        write_report(report, args.out)
+        print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+
+
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     from ggt_search.study import DEFAULT_STORAGE
 
@@ -193,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(func=cmd_dashboard)
+
+    bench = commands.add_parser("bench", help="training throughput: device-resident batches vs PyG DataLoader",
+                                description="Times one training epoch (after warm-up) of the given model on the given dataset, by both data paths, plus dataset/PE cache build times. Example: ggt-search bench --dataset ogbg-molhiv --source ../shared/data/moleculenet")
+    add_config_flags(bench)
+    bench.add_argument("--concurrent", type=int, default=1, help="also run K trainings at once on the device and report total graphs/s")
+    bench.add_argument("--max-graphs", type=int, help="time only this many training graphs (for slow CPUs)")
+    bench.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
+    bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

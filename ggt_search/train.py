@@ -163,12 +163,20 @@ class Trainer:
         return value > than if self.higher_is_better else value < than
 
     def train_epoch(self, model, optimizer, scaler, generator, epoch: int) -> float:
-        model.train()
-        total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
-        steps = 0
         batches = self.data.batches("train", self.config.train.batch_size, shuffle=True, generator=generator)
         num_batches = math.ceil(len(self.data.split["train"]) / self.config.train.batch_size)
-        for batch in tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty()):
+        progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
+        mean_loss = self.train_steps(model, optimizer, scaler, progress)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
+        return mean_loss
+
+    def train_steps(self, model, optimizer, scaler, batches) -> float:
+        """One optimisation step per batch; returns the mean loss (one host sync, at the end)."""
+        model.train()
+        total = torch.zeros((), device=self.device)
+        steps = 0
+        for batch in batches:
             if batch.num_graphs == 1:
                 continue  # a last batch of one graph: BatchNorm cannot normalise a single sample
             optimizer.zero_grad(set_to_none=True)
@@ -179,10 +187,7 @@ class Trainer:
             scaler.update()
             total += loss.detach()
             steps += 1
-        mean_loss = float(total) / max(steps, 1)
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
-        return mean_loss
+        return float(total) / max(steps, 1)
 
     @torch.no_grad()
     def predict(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:

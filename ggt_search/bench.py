@@ -1,0 +1,160 @@
+"""`ggt-search bench`: training throughput of the device-resident path against PyG's DataLoader.
+
+Both paths train the same model with the same step (`Trainer.train_steps`); they differ
+only in how batches reach the model: index arithmetic on tensors already on the device,
+or PyG's `DataLoader` collating `Data` objects and `Batch.to(device)` per step.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from ggt_search.batching import Batch
+from ggt_search.config import RunConfig
+from ggt_search.datasets import load_dataset
+from ggt_search.model import count_parameters
+from ggt_search.train import Trainer, environment
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
+    """The conventional path: a list of PyG Data objects, collated and copied per step."""
+    g, pe_dim = trainer.graphs, trainer.config.model.pe_dim
+    pe = g.load_pe(pe_dim)[:, :pe_dim] if pe_dim else None
+    data = []
+    for i in graphs.tolist():
+        n0, n1, e0, e1 = int(g.node_ptr[i]), int(g.node_ptr[i + 1]), int(g.edge_ptr[i]), int(g.edge_ptr[i + 1])
+        data.append(Data(x=g.atoms[n0:n1], edge_index=g.edges[:, e0:e1], edge_attr=g.bonds[e0:e1], y=g.y[i:i + 1],
+                         pe=None if pe is None else pe[n0:n1], num_nodes=n1 - n0))
+    for batch in DataLoader(data, batch_size=batch_size, shuffle=True):
+        batch = batch.to(trainer.device)
+        yield Batch(batch.x, batch.edge_attr, batch.edge_index, batch.batch, batch.batch[batch.edge_index[0]],
+                    batch.num_graphs, batch.pe, batch.y)
+
+
+def time_epoch(trainer: Trainer, make_batches) -> float:
+    """Seconds for one pass over the batches, after a warm-up pass."""
+    model = trainer.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=trainer.config.train.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    trainer.train_steps(model, optimizer, scaler, make_batches())  # warm-up: allocator, kernels
+    _sync(trainer.device)
+    tic = time.perf_counter()
+    trainer.train_steps(model, optimizer, scaler, make_batches())
+    _sync(trainer.device)
+    return time.perf_counter() - tic
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _concurrent_worker(config_dict: dict, max_graphs: int | None, barrier, results) -> None:
+    trainer = Trainer(RunConfig.from_dict(config_dict))
+    graphs = _train_graphs(trainer, max_graphs)
+    make = lambda: _fast_batches(trainer, graphs)  # noqa: E731
+    time_epoch(trainer, make)  # warm up outside the timed window
+    barrier.wait()
+    tic = time.perf_counter()
+    model = trainer.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer.train_steps(model, optimizer, torch.amp.GradScaler("cuda", enabled=False), make())
+    _sync(trainer.device)
+    results.put((tic, time.perf_counter(), len(graphs)))
+
+
+def _train_graphs(trainer: Trainer, max_graphs: int | None) -> torch.Tensor:
+    train = trainer.data.split["train"]
+    return train[:max_graphs] if max_graphs else train
+
+
+def _fast_batches(trainer: Trainer, graphs: torch.Tensor):
+    order = graphs[torch.randperm(len(graphs), device=graphs.device)]
+    size = trainer.config.train.batch_size
+    return (trainer.data.batch(order[i:i + size]) for i in range(0, len(order), size))
+
+
+def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = None, baseline: bool = True) -> dict:
+    # Dataset and PE cache, cold (a fresh cache folder) then warm.
+    with tempfile.TemporaryDirectory() as cold_cache:
+        previous = os.environ.get("GGT_SEARCH_CACHE")
+        os.environ["GGT_SEARCH_CACHE"] = cold_cache
+        tic = time.perf_counter()
+        load_dataset(config.dataset)
+        featurize_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        graphs = load_dataset(config.dataset)
+        graphs.load_pe(config.model.pe_dim)
+        pe_cold_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        graphs = load_dataset(config.dataset)
+        graphs.load_pe(config.model.pe_dim)
+        warm_s = time.perf_counter() - tic
+        if previous is None:
+            del os.environ["GGT_SEARCH_CACHE"]
+        else:
+            os.environ["GGT_SEARCH_CACHE"] = previous
+
+    graphs = load_dataset(config.dataset)  # from the user's cache: the cold one is gone
+    trainer = Trainer(config, graphs)
+    train = _train_graphs(trainer, max_graphs)
+    n = len(train)
+    fast_s = time_epoch(trainer, lambda: _fast_batches(trainer, train))
+    report = {
+        "device": environment(trainer.device)["hardware"],
+        "dataset": graphs.name,
+        "graphs_per_epoch": n,
+        "batch_size": config.train.batch_size,
+        "precision": config.train.precision,
+        "parameters": count_parameters(trainer.build_model()),
+        "featurize_cold_s": round(featurize_s, 2),
+        "pe_cold_s": round(pe_cold_s, 2),
+        "dataset_and_pe_warm_s": round(warm_s, 3),
+        "fast_graphs_per_s": round(n / fast_s),
+        "peak_memory_mb": round(peak_memory_mb(trainer.device)),
+    }
+    if baseline:
+        pyg_s = time_epoch(trainer, lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size))
+        report["pyg_graphs_per_s"] = round(n / pyg_s)
+        report["speedup_vs_pyg"] = round(pyg_s / fast_s, 2)
+    if concurrent > 1:
+        context = mp.get_context("spawn")
+        barrier, results = context.Barrier(concurrent), context.Queue()
+        workers = [context.Process(target=_concurrent_worker, args=(config.to_dict(), max_graphs, barrier, results)) for _ in range(concurrent)]
+        for w in workers:
+            w.start()
+        spans = [results.get() for _ in workers]
+        for w in workers:
+            w.join()
+        wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+        report["concurrent"] = concurrent
+        report["concurrent_total_graphs_per_s"] = round(sum(count for _, _, count in spans) / wall)
+        report["concurrent_speedup_vs_one"] = round(report["concurrent_total_graphs_per_s"] / report["fast_graphs_per_s"], 2)
+    return report
+
+
+def markdown(report: dict) -> str:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in report.items())
+    return f"| measure | value |\n|---|---|\n{rows}\n"
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
