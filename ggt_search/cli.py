@@ -148,6 +148,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
+
+    dataset = dataset_overrides(args) or None
+    ablation = load_ablation(args.file, dataset=dataset, seeds=args.seeds, epochs=args.epochs)
+    if args.device:
+        ablation.base = ablation.base.with_overrides(train={"device": args.device})
+    study = run_ablation(AblationSettings(ablation, args.study or ablation.name, args.storage, args.workers))
+    print(f"study {study.study_name} in {args.storage}; report: ggt-search report {study.study_name} --storage {args.storage}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from ggt_search.report import build_report
+
+    out = args.out or Path("reports") / "-".join(args.studies)
+    print(f"report written: {build_report(args.studies, args.storage, out)} (and report.md)")
+
+
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     from ggt_search.study import DEFAULT_STORAGE
 
@@ -203,6 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(func=cmd_dashboard)
+
+    ablate = commands.add_parser("ablate", help="run a multi-seed ablation (ablations/*.yaml) as an Optuna study")
+    ablate.add_argument("file", type=Path, help="ablation definition, e.g. ablations/convolution.yaml")
+    ablate.add_argument("--study", help="study name (default: the file's name)")
+    ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
+    ablate.add_argument("--epochs", type=int, help="override the file's epoch budget")
+    ablate.add_argument("--device", help="training device (default auto)")
+    ablate.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    add_storage_flags(ablate)
+    add_dataset_flags(ablate)
+    ablate.set_defaults(func=cmd_ablate)
+
+    report = commands.add_parser("report", help="write an HTML + Markdown report of ablation and search studies")
+    report.add_argument("studies", nargs="+", metavar="STUDY")
+    report.add_argument("--out", type=Path, help="output folder (default reports/<study names>)")
+    add_storage_flags(report)
+    report.set_defaults(func=cmd_report)
 
     bench = commands.add_parser("bench", help="training throughput: device-resident batches vs PyG DataLoader",
                                 description="Times one training epoch (after warm-up) of the given model on the given dataset, by both data paths, plus dataset/PE cache build times. Example: ggt-search bench --dataset ogbg-molhiv --source ../shared/data/moleculenet")

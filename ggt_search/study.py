@@ -248,19 +248,24 @@ def search(settings: SearchSettings) -> optuna.Study:
     graphs = load_dataset(settings.base.dataset)  # build the cache once, before workers start
     if settings.base.model.pe_dim or "model.pe_dim" in space:
         graphs.load_pe(0)
-    if settings.workers == 1:
-        run_worker(settings)
-    else:
-        devices = worker_devices(settings.workers, settings.base.train.device)
-        context = mp.get_context("spawn")
-        processes = [context.Process(target=run_worker, args=(settings, i, devices[i])) for i in range(settings.workers)]
-        for p in processes:
-            p.start()
-        for p in processes:
-            p.join()
+    run_workers(run_worker, settings, settings.workers, settings.base.train.device)
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
     _print_summary(study, settings)
     return study
+
+
+def run_workers(target, settings, workers: int, device: str) -> None:
+    """target(settings, worker, device) in this process, or in `workers` spawned processes."""
+    if workers == 1:
+        target(settings, 0, device)
+        return
+    devices = worker_devices(workers, device)
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=target, args=(settings, i, devices[i])) for i in range(workers)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
 
 
 def worker_devices(workers: int, device: str) -> list[str]:

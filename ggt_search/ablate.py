@@ -1,0 +1,163 @@
+"""Controlled ablations: a baseline config, named variants (config changes), several seeds.
+
+Every (variant, seed) pair is one trial of an Optuna study, enqueued with fixed params, so
+the dashboard shows the ablation, several workers can share it, and a rerun only trains
+the pairs not finished yet. No pruning: every variant gets the same epoch budget. An
+ablation compares fixed configs, so each run is a final evaluation: test is scored once,
+with the best-validation weights, and stored beside the validation score.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from ggt_search.config import RunConfig
+from ggt_search.datasets import load_dataset
+from ggt_search.errors import UserError
+from ggt_search.evaluate import parse_seeds
+from ggt_search.metrics import HIGHER_IS_BETTER
+from ggt_search.study import DEFAULT_STORAGE, ProgressLine, SurplusTrial, open_storage, run_workers
+from ggt_search.train import Trainer, environment
+
+BASELINE = "baseline"
+FILE_KEYS = {"idea", "question", "dataset", "baseline", "variants", "seeds", "epochs"}
+
+
+@dataclass
+class Ablation:
+    name: str
+    idea: str
+    question: str
+    base: RunConfig
+    variants: dict[str, dict] = field(default_factory=dict)  # name -> {model: {...}, train: {...}}
+    seeds: list[int] = field(default_factory=lambda: list(range(5)))
+
+    def config(self, variant: str, seed: int) -> RunConfig:
+        overrides = self.variants.get(variant, {})
+        config = self.base.with_overrides(model=overrides.get("model"), train=overrides.get("train"))
+        return config.with_overrides(train={"seed": seed})
+
+
+def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None) -> Ablation:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ablation file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict) or not values.get("variants"):
+        raise UserError(f"{path} must be a mapping with at least 'baseline' and 'variants'")
+    unknown = set(values) - FILE_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(FILE_KEYS))}")
+    base = dict(values.get("baseline") or {})
+    base["dataset"] = dataset or values.get("dataset") or base.get("dataset") or "nci-tpsa"
+    if epochs or values.get("epochs"):
+        base.setdefault("train", {})["epochs"] = epochs or values["epochs"]
+    base_config = RunConfig.from_dict(base)
+    variants = {}
+    for name, change in values["variants"].items():
+        if name == BASELINE:
+            raise UserError(f"{path}: '{BASELINE}' is reserved for the baseline; rename that variant")
+        change = change or {}
+        if set(change) - {"model", "train"}:
+            raise UserError(f"{path}: variant {name!r} may change only 'model' and 'train'")
+        try:
+            base_config.with_overrides(model=change.get("model"), train=change.get("train"))
+        except UserError as error:
+            raise UserError(f"{path}: variant {name!r}: {error}") from None
+        variants[str(name)] = change
+    return Ablation(path.stem, values.get("idea", path.stem), values.get("question", ""), base_config, variants,
+                    parse_seeds(str(seeds or values.get("seeds", "0-4"))))
+
+
+@dataclass
+class AblationSettings:
+    ablation: Ablation
+    study: str
+    storage: str = DEFAULT_STORAGE
+    workers: int = 1
+
+
+def run_ablation(settings: AblationSettings) -> optuna.Study:
+    ablation = settings.ablation
+    graphs = load_dataset(ablation.base.dataset)
+    if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
+        graphs.load_pe(0)
+    study = optuna.create_study(study_name=settings.study, storage=open_storage(settings.storage), load_if_exists=True,
+                                direction="maximize" if HIGHER_IS_BETTER[graphs.metric] else "minimize",
+                                sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    study.set_user_attr("kind", "ablation")
+    study.set_user_attr("ablation", {"name": ablation.name, "idea": ablation.idea, "question": ablation.question,
+                                     "baseline": ablation.base.to_dict(), "variants": ablation.variants, "seeds": ablation.seeds})
+    study.set_user_attr("dataset", graphs.summary() | {"checksum": graphs.checksum})
+    study.set_user_attr("command", " ".join(["ggt-search", *sys.argv[1:]]))
+    queued = enqueue_missing(study, ablation)
+    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {queued} runs to do")
+    if queued:
+        run_workers(_worker, settings, settings.workers, ablation.base.train.device)
+    return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
+
+
+def enqueue_missing(study: optuna.Study, ablation: Ablation) -> int:
+    """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
+    taken = {(t.params.get("variant"), t.params.get("seed")) for t in study.get_trials(deepcopy=False)
+             if t.state in (TrialState.COMPLETE, TrialState.RUNNING)}
+    taken |= {(t.system_attrs.get("fixed_params", {}).get("variant"), t.system_attrs.get("fixed_params", {}).get("seed"))
+              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    count = 0
+    for variant in [BASELINE, *ablation.variants]:
+        for seed in ablation.seeds:
+            if (variant, seed) not in taken:
+                study.enqueue_trial({"variant": variant, "seed": seed})
+                count += 1
+    return count
+
+
+def _taken_by_another(trial: optuna.Trial, variant: str, seed: int) -> bool:
+    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return any(t.number != trial.number and t.params.get("variant") == variant and t.params.get("seed") == seed for t in others)
+
+
+def _worker(settings: AblationSettings, worker: int, device: str) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    ablation = settings.ablation
+    graphs = load_dataset(ablation.base.dataset)
+    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
+    variants = [BASELINE, *ablation.variants]
+
+    def objective(trial: optuna.Trial) -> float:
+        variant = trial.suggest_categorical("variant", variants)
+        seed = trial.suggest_int("seed", min(ablation.seeds), max(ablation.seeds))
+        if _taken_by_another(trial, variant, seed):  # the queue ran dry under two workers at once
+            trial.study.stop()
+            raise SurplusTrial(f"({variant}, seed {seed}) is already done or running")
+        config = ablation.config(variant, seed).with_overrides(train={"device": device})
+        trial.set_user_attr("config", config.to_dict())
+        trainer = Trainer(config, graphs)
+        trial.set_user_attr("environment", environment(trainer.device))
+        start = time.perf_counter()
+        result = trainer.fit(on_epoch=lambda record: trial.report(record.valid_metric, record.epoch))
+        trial.set_user_attr("test", result.test)
+        trial.set_user_attr("parameters", result.parameters)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds_per_epoch", (time.perf_counter() - start) / len(result.history))
+        trial.set_user_attr("curve", [r.valid_metric for r in result.history])
+        return result.best_valid
+
+    def stop_when_queue_empty(study: optuna.Study, trial) -> None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.optimize(objective, catch=(Exception,), callbacks=[ProgressLine(None, worker), stop_when_queue_empty])

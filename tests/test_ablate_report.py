@@ -1,0 +1,128 @@
+"""Ablations and reports, from a real small ablation run on ogbg-molbbbp molecules (CPU)."""
+
+import shutil
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ggt_search import cli
+from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
+from ggt_search.errors import UserError
+from ggt_search.report import build_report, holm, paired_comparison
+from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
+
+ABLATION = """
+idea: anisotropic convolution
+question: gated vs mean aggregation
+baseline:
+  model: {conv: gated-gcn, layers: 1, hidden: 8, pe_dim: 4, dropout: 0.0}
+  train: {batch_size: 64, device: cpu}
+variants:
+  gcn: {model: {conv: gcn}}
+  mlp: {model: {conv: mlp}}
+seeds: 0-2
+epochs: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def ablation_storage(bbbp_csv, tmp_path_factory):  # noqa: F811
+    folder = tmp_path_factory.mktemp("ablation")
+    (folder / "conv.yaml").write_text(ABLATION)
+    storage = f"sqlite:///{folder}/ablate.db"
+    ablation = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)})
+    run_ablation(AblationSettings(ablation, "conv", storage))
+    return folder, storage
+
+
+def test_every_variant_and_seed_runs_once_and_resumes(ablation_storage, bbbp_csv, capsys):  # noqa: F811
+    folder, storage = ablation_storage
+    study = optuna.load_study(study_name="conv", storage=storage)
+    pairs = sorted((t.params["variant"], t.params["seed"]) for t in study.trials)
+    assert pairs == sorted((v, s) for v in ("baseline", "gcn", "mlp") for s in (0, 1, 2))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and 0 <= t.user_attrs["test"] <= 1 for t in study.trials)
+    ablation = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3")  # one more seed
+    again = run_ablation(AblationSettings(ablation, "conv", storage))
+    assert "3 runs to do" in capsys.readouterr().out  # only seed 3 of each variant
+    assert len(again.trials) == 12
+
+
+def test_report_has_every_section_and_figure(ablation_storage, tmp_path):
+    _, storage = ablation_storage
+    out = tmp_path / "report"
+    build_report(["conv"], storage, out)
+    md = (out / "report.md").read_text()
+    for section in ("Ablation: anisotropic convolution", "Verdicts", "Scores per variant", "Paired differences", "Learning curves", "Cost", "Reproducibility", "git commit", "sha256"):
+        assert section in md, section
+    assert "gcn vs baseline:" in md and ("no detectable effect at 4 seeds" in md or "helps" in md or "hurts" in md)
+    for figure in ("scores", "differences", "curves", "cost"):
+        assert (out / f"{figure}.png").stat().st_size > 5000
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # self-contained
+
+
+def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
+    from ggt_search.config import RunConfig
+    from ggt_search.study import SearchSettings, search
+
+    space = tmp_path / "space.yaml"
+    space.write_text("model.conv: {choices: [gated-gcn, gcn, mlp]}\nmodel.norm: {choices: [batch, layer]}\nmodel.layers: 1\nmodel.hidden: 8\n")
+    base = RunConfig.from_dict({"dataset": str(bbbp_csv), "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})
+    storage = f"sqlite:///{tmp_path}/s.db"
+    search(SearchSettings(study="s", base=base, space_file=str(space), trials=6, sampler="grid", pruner="none", storage=storage))
+    out = tmp_path / "report"
+    build_report(["s"], storage, out)
+    md = (out / "report.md").read_text()
+    for section in ("Optimisation history", "Parameter importances", "Best configurations", "Design-space ranks"):
+        assert section in md
+    assert "test" not in md.split("## Reproducibility")[0].lower().replace("test labels are not read", "")
+    for figure in ("history", "importances", "ranks"):
+        assert (out / f"{figure}.png").exists()
+
+
+def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromedriver are not installed (tests/run.sh installs them)")
+    from PIL import Image
+    from selenium import webdriver
+
+    _, storage = ablation_storage
+    index = build_report(["conv"], storage, tmp_path / "r")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,2000",
+                 "--disable-background-networking", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(index.as_uri())
+        assert all(driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"))
+        driver.save_screenshot(str(tmp_path / "shot.png"))
+    finally:
+        driver.quit()
+    pixels = np.asarray(Image.open(tmp_path / "shot.png").convert("L"))
+    assert pixels.std() > 10  # not a blank page
+
+
+def test_statistics_match_scipy():
+    variant = np.array([0.81, 0.79, 0.84, 0.80, 0.83, 0.82])
+    baseline = np.array([0.78, 0.79, 0.80, 0.77, 0.81, 0.80])
+    result = paired_comparison(variant, baseline)
+    assert result["p_t"] == pytest.approx(stats.ttest_rel(variant, baseline).pvalue)
+    assert result["p_wilcoxon"] == pytest.approx(stats.wilcoxon(variant, baseline).pvalue)
+    low, high = stats.t.interval(0.95, 5, loc=(variant - baseline).mean(), scale=stats.sem(variant - baseline))
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high))
+    # Holm on known numbers: sorted p 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (monotone)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+
+
+def test_bad_ablation_files_and_study_names(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("baseline: {}\nvariants:\n  x: {model: {conv: transformer}}\n")
+    with pytest.raises(UserError, match="variant 'x': model.conv = 'transformer'"):
+        load_ablation(bad)
+    assert cli.main(["report", "nosuch", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no study named nosuch" in capsys.readouterr().err
