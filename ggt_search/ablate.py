@@ -86,6 +86,7 @@ class AblationSettings:
     study: str
     storage: str = DEFAULT_STORAGE
     workers: int = 1
+    heartbeat: int = 30  # seconds; a run silent for 4x this (its worker was killed) is rerun
 
 
 def run_ablation(settings: AblationSettings) -> optuna.Study:
@@ -93,7 +94,7 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     graphs = load_dataset(ablation.base.dataset)
     if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
         graphs.load_pe(0)
-    study = optuna.create_study(study_name=settings.study, storage=open_storage(settings.storage), load_if_exists=True,
+    study = optuna.create_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat), load_if_exists=True,
                                 direction="maximize" if HIGHER_IS_BETTER[graphs.metric] else "minimize",
                                 sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
     study.set_user_attr("kind", "ablation")
@@ -101,19 +102,25 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
                                      "baseline": ablation.base.to_dict(), "variants": ablation.variants, "seeds": ablation.seeds})
     study.set_user_attr("dataset", graphs.summary() | {"checksum": graphs.checksum})
     study.set_user_attr("command", " ".join(["ggt-search", *sys.argv[1:]]))
+    # A run whose worker was killed stops sending heartbeats: fail it (and queue its retry)
+    # before counting, so a restarted ablation reruns it instead of waiting for it forever.
+    optuna.storages.fail_stale_trials(study)
     queued = enqueue_missing(study, ablation)
-    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {queued} runs to do")
-    if queued:
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {queued} runs to do"
+          + (f"; {running} running in other workers (rerun after {4 * settings.heartbeat} s if those were killed)" if running else ""))
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         run_workers(_worker, settings, settings.workers, ablation.base.train.device)
     return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
 
 
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> int:
     """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
-    taken = {(t.params.get("variant"), t.params.get("seed")) for t in study.get_trials(deepcopy=False)
-             if t.state in (TrialState.COMPLETE, TrialState.RUNNING)}
-    taken |= {(t.system_attrs.get("fixed_params", {}).get("variant"), t.system_attrs.get("fixed_params", {}).get("seed"))
-              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    def pair(trial) -> tuple:  # a queued trial holds its pair in fixed_params; a retried one in params too
+        params = trial.params or trial.system_attrs.get("fixed_params", {})
+        return params.get("variant"), params.get("seed")
+
+    taken = {pair(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
     count = 0
     for variant in [BASELINE, *ablation.variants]:
         for seed in ablation.seeds:
@@ -133,7 +140,7 @@ def _worker(settings: AblationSettings, worker: int, device: str) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     ablation = settings.ablation
     graphs = load_dataset(ablation.base.dataset)
-    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
+    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat))
     variants = [BASELINE, *ablation.variants]
 
     def objective(trial: optuna.Trial) -> float:

@@ -155,7 +155,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     ablation = load_ablation(args.file, dataset=dataset, seeds=args.seeds, epochs=args.epochs)
     if args.device:
         ablation.base = ablation.base.with_overrides(train={"device": args.device})
-    study = run_ablation(AblationSettings(ablation, args.study or ablation.name, args.storage, args.workers))
+    study = run_ablation(AblationSettings(ablation, args.study or ablation.name, args.storage, args.workers, args.heartbeat))
     print(f"study {study.study_name} in {args.storage}; report: ggt-search report {study.study_name} --storage {args.storage}")
 
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--epochs", type=int, help="override the file's epoch budget")
     ablate.add_argument("--device", help="training device (default auto)")
     ablate.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    ablate.add_argument("--heartbeat", type=int, default=30, help="seconds between run heartbeats; a run silent for 4x this is rerun")
     add_storage_flags(ablate)
     add_dataset_flags(ablate)
     ablate.set_defaults(func=cmd_ablate)

@@ -126,3 +126,27 @@ def test_bad_ablation_files_and_study_names(tmp_path, capsys):
         load_ablation(bad)
     assert cli.main(["report", "nosuch", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no study named nosuch" in capsys.readouterr().err
+
+
+def test_a_killed_run_is_rerun_when_the_ablation_restarts(bbbp_csv, tmp_path, capsys):  # noqa: F811
+    """A worker killed mid-run leaves a RUNNING trial; once its heartbeat is stale, a restart reruns that pair."""
+    import time
+
+    from ggt_search.ablate import enqueue_missing
+    from ggt_search.study import open_storage
+
+    (tmp_path / "conv.yaml").write_text(ABLATION.replace("seeds: 0-2", "seeds: 0").replace("epochs: 2", "epochs: 1"))
+    ablation = load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)})
+    storage = f"sqlite:///{tmp_path}/killed.db"
+    study = optuna.create_study(study_name="conv", storage=open_storage(storage, heartbeat=1), direction="maximize")
+    enqueue_missing(study, ablation)
+    killed = study.ask()  # a worker takes the first pair, beats once, and dies
+    study._storage.record_heartbeat(killed._trial_id)
+    killed_pair = (killed.suggest_categorical("variant", ["baseline", "gcn", "mlp"]), killed.suggest_int("seed", 0, 0))
+    time.sleep(5)  # past the grace period of 4 heartbeats
+
+    done = run_ablation(AblationSettings(ablation, "conv", storage, heartbeat=1))
+    complete = [(t.params["variant"], t.params["seed"]) for t in done.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    assert sorted(complete) == [("baseline", 0), ("gcn", 0), ("mlp", 0)]
+    assert killed_pair in complete
+    assert done.trials[killed.number].state == optuna.trial.TrialState.FAIL
