@@ -105,11 +105,12 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     # A run whose worker was killed stops sending heartbeats: fail it (and queue its retry)
     # before counting, so a restarted ablation reruns it instead of waiting for it forever.
     optuna.storages.fail_stale_trials(study)
-    queued = enqueue_missing(study, ablation)
+    enqueue_missing(study, ablation)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {queued} runs to do"
+    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {waiting} runs to do"
           + (f"; {running} running in other workers (rerun after {4 * settings.heartbeat} s if those were killed)" if running else ""))
-    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    if waiting:
         run_workers(_worker, settings, settings.workers, ablation.base.train.device)
     return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
 
