@@ -4,13 +4,20 @@ The conventional PyG loop collates Python `Data` objects and copies every batch 
 GPU; for molecules (25 atoms each) that leaves the GPU idle most of the time. Here the
 whole GraphSet is moved to the device once, and a batch is a few gathers: the atoms and
 bonds of the chosen graphs, and their edge indices shifted to the batch's numbering.
+
+Padded batches go one step further for CUDA graphs: every batch of an epoch has the
+same shape (`batch_size` graph slots, a node budget and an edge budget), built without
+any device-to-host sync. Rows past a batch's real atoms and bonds belong to one extra
+padding slot (index `num_graphs`), which the model's pooling, normalisation and loss
+leave out, so a padded batch computes exactly what the unpadded one does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+from torch_geometric.utils import scatter
 
 from ggt_search.datasets import GraphSet
 from ggt_search.indexing import counts_to_ptr, ranges
@@ -21,11 +28,27 @@ class Batch:
     atoms: torch.Tensor  # [n, 9]
     bonds: torch.Tensor  # [e, 3]
     edge_index: torch.Tensor  # [2, e] atom indices within the batch (source, target)
-    node_graph: torch.Tensor  # [n] which graph of the batch each atom belongs to
+    node_graph: torch.Tensor  # [n] which graph slot each atom belongs to (num_graphs = padding)
     edge_graph: torch.Tensor  # [e]
-    num_graphs: int
+    num_graphs: int  # graph slots: rows of y and of the model's output
     pe: torch.Tensor | None  # [n, k]
-    y: torch.Tensor  # [num_graphs, tasks], NaN = missing
+    y: torch.Tensor  # [num_graphs, tasks], NaN = missing (and every entry of an empty slot)
+    real_graphs: int  # graphs actually in the batch (< num_graphs only in a padded last batch)
+    # Padded batches only: which rows are real. None means every row is.
+    node_mask: torch.Tensor | None = None  # [n]
+    edge_mask: torch.Tensor | None = None  # [e]
+    graph_mask: torch.Tensor | None = None  # [num_graphs + 1] slots holding a graph
+
+    @property
+    def num_segments(self) -> int:
+        """Segments to pool into: the graph slots, plus the padding slot when padded."""
+        return self.num_graphs + (self.node_mask is not None)
+
+    def shape(self) -> tuple[int, int, int]:
+        return self.num_graphs, len(self.atoms), len(self.bonds)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
 
 class DeviceGraphs:
@@ -40,6 +63,7 @@ class DeviceGraphs:
         self.split = {name: to(idx) for name, idx in graphs.split.items()}
         self.num_nodes = self.node_ptr[1:] - self.node_ptr[:-1]
         self.num_edges = self.edge_ptr[1:] - self.edge_ptr[:-1]
+        self.budget = (0, 0)  # the padded batches' (nodes, edges): only ever grows, so shapes repeat
 
     def batch(self, graphs: torch.Tensor) -> Batch:
         nodes = ranges(self.node_ptr, graphs)
@@ -58,11 +82,74 @@ class DeviceGraphs:
             num_graphs=len(graphs),
             pe=None if self.pe is None else self.pe[nodes],
             y=self.y[graphs],
+            real_graphs=len(graphs),
         )
 
-    def batches(self, split: str, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        graphs = self.split[split]
+    def padded_batch(self, graphs: torch.Tensor, slots: int, node_budget: int, edge_budget: int) -> Batch:
+        """`graphs` (at most `slots` of them) cut to a fixed shape, with no host sync.
+
+        The budgets must exceed the batch's atoms (so that the last atom row is padding,
+        where padding bonds point) and cover its bonds.
+        """
+        nodes, node_graph, first_atom = padded_ranges(self.node_ptr, graphs, node_budget, slots)
+        edges, edge_graph, _ = padded_ranges(self.edge_ptr, graphs, edge_budget, slots)
+        node_mask, edge_mask = node_graph < slots, edge_graph < slots
+        padding_atom = torch.tensor(node_budget - 1, device=self.device)
+        edge_index = torch.where(edge_mask, self.edges[:, edges] + first_atom[edge_graph.clamp(max=len(graphs) - 1)], padding_atom)
+        y = self.y.new_full((slots, self.y.shape[1]), float("nan"))
+        y[: len(graphs)] = self.y[graphs]
+        graph_mask = torch.arange(slots + 1, device=self.device) < len(graphs)
+        return Batch(
+            atoms=self.atoms[nodes],
+            bonds=self.bonds[edges],
+            edge_index=edge_index,
+            node_graph=node_graph,
+            edge_graph=edge_graph,
+            num_graphs=slots,
+            pe=None if self.pe is None else self.pe[nodes] * node_mask.unsqueeze(1),
+            y=y,
+            real_graphs=len(graphs),
+            node_mask=node_mask,
+            edge_mask=edge_mask,
+            graph_mask=graph_mask,
+        )
+
+    def batches(self, graphs: torch.Tensor, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                padded: bool = False):
+        """`graphs` (dataset indices, e.g. `self.split["train"]`) in batches of `batch_size`."""
         if shuffle:
             graphs = graphs[torch.randperm(len(graphs), generator=generator).to(self.device)]
+        if padded:
+            self.budget = tuple(max(old, round_up(new + 1)) for old, new in zip(self.budget, self.largest_batch(graphs, batch_size)))
         for start in range(0, len(graphs), batch_size):
-            yield self.batch(graphs[start:start + batch_size])
+            chosen = graphs[start:start + batch_size]
+            yield self.padded_batch(chosen, batch_size, *self.budget) if padded else self.batch(chosen)
+
+    def largest_batch(self, order: torch.Tensor, batch_size: int) -> tuple[int, int]:
+        """The most atoms and bonds in any batch of `order`: the epoch's one host sync."""
+        batch_of = torch.arange(len(order), device=self.device) // batch_size
+        atoms = scatter(self.num_nodes[order], batch_of, reduce="sum")
+        bonds = scatter(self.num_edges[order], batch_of, reduce="sum")
+        return tuple(torch.stack([atoms.max(), bonds.max()]).tolist())
+
+
+def padded_ranges(ptr: torch.Tensor, graphs: torch.Tensor, size: int, pad_slot: int):
+    """`ranges(ptr, graphs)` padded to `size` rows, plus each row's slot (padding: `pad_slot`).
+
+    Returns (rows, slot, start): rows index the dataset (padding rows read row 0), and
+    start[g] is where graph g's rows begin in the batch.
+    """
+    counts = ptr[graphs + 1] - ptr[graphs]
+    start = counts_to_ptr(counts)
+    position = torch.arange(size, device=ptr.device)
+    slot = (torch.searchsorted(start, position, right=True) - 1).clamp(max=len(graphs) - 1)
+    real = position < start[-1]
+    rows = torch.where(real, ptr[graphs[slot]] + position - start[slot], 0)
+    return rows, torch.where(real, slot, pad_slot), start
+
+
+def round_up(count: int) -> int:
+    """Round up to a multiple of the power of two nearest count / 16 (at most 1/16 padding),
+    so that epoch after epoch lands on the same few shapes."""
+    quantum = max(1, 1 << max(count.bit_length() - 5, 0))
+    return -(-count // quantum) * quantum

@@ -7,6 +7,7 @@ or PyG's `DataLoader` collating `Data` objects and `Batch.to(device)` per step.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +24,7 @@ from ggt_search.batching import Batch
 from ggt_search.config import RunConfig
 from ggt_search.datasets import load_dataset
 from ggt_search.model import count_parameters
-from ggt_search.train import Trainer, environment
+from ggt_search.train import Trainer, TrainStep, environment
 
 
 def _sync(device: torch.device) -> None:
@@ -43,20 +44,60 @@ def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
     for batch in DataLoader(data, batch_size=batch_size, shuffle=True):
         batch = batch.to(trainer.device)
         yield Batch(batch.x, batch.edge_attr, batch.edge_index, batch.batch, batch.batch[batch.edge_index[0]],
-                    batch.num_graphs, batch.pe, batch.y)
+                    batch.num_graphs, batch.pe, batch.y, batch.num_graphs)
 
 
-def time_epoch(trainer: Trainer, make_batches) -> float:
-    """Seconds for one pass over the batches, after a warm-up pass."""
-    model = trainer.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=trainer.config.train.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    trainer.train_steps(model, optimizer, scaler, make_batches())  # warm-up: allocator, kernels
+def fast_batches(trainer: Trainer, graphs: torch.Tensor):
+    """The device-resident path, padded to fixed shapes when the config replays CUDA graphs."""
+    cfg = trainer.config.train
+    return trainer.data.batches(graphs, cfg.batch_size, shuffle=True, padded=cfg.cuda_graphs)
+
+
+def time_epoch(trainer: Trainer, make_batches, step: TrainStep | None = None) -> float:
+    """Seconds for one pass over the batches, after a warm-up pass (allocator, kernels, graph captures)."""
+    step = step or trainer.make_step(trainer.build_model())
+    trainer.train_steps(step, make_batches())
     _sync(trainer.device)
     tic = time.perf_counter()
-    trainer.train_steps(model, optimizer, scaler, make_batches())
+    trainer.train_steps(step, make_batches())
     _sync(trainer.device)
     return time.perf_counter() - tic
+
+
+def profile_steps(trainer: Trainer, graphs: torch.Tensor, steps: int = 20) -> tuple[dict, str]:
+    """Where a training step's time goes: wall time vs device busy time, and launches per step.
+
+    A step whose wall time far exceeds its device time is bound by the host (Python,
+    kernel launches, syncs), not by the GPU's arithmetic.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step = trainer.make_step(trainer.build_model())
+    trainer.train_steps(step, fast_batches(trainer, graphs))  # warm-up epoch
+    batches = list(itertools.islice(fast_batches(trainer, graphs), steps))
+    steps = sum(b.real_graphs > 1 for b in batches)
+    cuda = trainer.device.type == "cuda"
+    _sync(trainer.device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        tic = time.perf_counter()
+        trainer.train_steps(step, batches)
+        _sync(trainer.device)
+        wall = time.perf_counter() - tic
+    events = prof.key_averages()
+    launches = lambda names: sum(e.count for e in events if e.key in names)  # noqa: E731
+    summary = {
+        "profiled_steps": steps,
+        "wall_ms_per_step": round(1000 * wall / steps, 3),
+        "kernel_launches_per_step": round(launches({"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"}) / steps, 1),
+        "graph_launches_per_step": round(launches({"cudaGraphLaunch"}) / steps, 2),
+        "host_syncs_per_step": round(launches({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"}) / steps, 2),
+    }
+    if cuda:
+        device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+        summary["device_busy_ms_per_step"] = round(device_us / 1000 / steps, 3)
+        summary["device_busy_fraction"] = round(device_us / 1e6 / wall, 3)
+    table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30)
+    return summary, table
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -68,13 +109,11 @@ def peak_memory_mb(device: torch.device) -> float:
 def _concurrent_worker(config_dict: dict, max_graphs: int | None, barrier, results) -> None:
     trainer = Trainer(RunConfig.from_dict(config_dict))
     graphs = _train_graphs(trainer, max_graphs)
-    make = lambda: _fast_batches(trainer, graphs)  # noqa: E731
-    time_epoch(trainer, make)  # warm up outside the timed window
+    step = trainer.make_step(trainer.build_model())
+    time_epoch(trainer, lambda: fast_batches(trainer, graphs), step)  # warm up (and capture) outside the timed window
     barrier.wait()
     tic = time.perf_counter()
-    model = trainer.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    trainer.train_steps(model, optimizer, torch.amp.GradScaler("cuda", enabled=False), make())
+    trainer.train_steps(step, fast_batches(trainer, graphs))
     _sync(trainer.device)
     results.put((tic, time.perf_counter(), len(graphs)))
 
@@ -84,13 +123,8 @@ def _train_graphs(trainer: Trainer, max_graphs: int | None) -> torch.Tensor:
     return train[:max_graphs] if max_graphs else train
 
 
-def _fast_batches(trainer: Trainer, graphs: torch.Tensor):
-    order = graphs[torch.randperm(len(graphs), device=graphs.device)]
-    size = trainer.config.train.batch_size
-    return (trainer.data.batch(order[i:i + size]) for i in range(0, len(order), size))
-
-
-def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = None, baseline: bool = True) -> dict:
+def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = None, baseline: bool = True,
+              profile_out: Path | None = None) -> dict:
     # Dataset and PE cache, cold (a fresh cache folder) then warm.
     with tempfile.TemporaryDirectory() as cold_cache:
         previous = os.environ.get("GGT_SEARCH_CACHE")
@@ -115,13 +149,14 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
     trainer = Trainer(config, graphs)
     train = _train_graphs(trainer, max_graphs)
     n = len(train)
-    fast_s = time_epoch(trainer, lambda: _fast_batches(trainer, train))
+    fast_s = time_epoch(trainer, lambda: fast_batches(trainer, train))
     report = {
         "device": environment(trainer.device)["hardware"],
         "dataset": graphs.name,
         "graphs_per_epoch": n,
         "batch_size": config.train.batch_size,
         "precision": config.train.precision,
+        "cuda_graphs": config.train.cuda_graphs,
         "parameters": count_parameters(trainer.build_model()),
         "featurize_cold_s": round(featurize_s, 2),
         "pe_cold_s": round(pe_cold_s, 2),
@@ -129,10 +164,16 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
         "fast_graphs_per_s": round(n / fast_s),
         "peak_memory_mb": round(peak_memory_mb(trainer.device)),
     }
-    if baseline:
-        pyg_s = time_epoch(trainer, lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size))
+    if baseline:  # the conventional loop: PyG batches, each step run eagerly
+        step = TrainStep(trainer, trainer.build_model())
+        pyg_s = time_epoch(trainer, lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size), step)
         report["pyg_graphs_per_s"] = round(n / pyg_s)
         report["speedup_vs_pyg"] = round(pyg_s / fast_s, 2)
+    if profile_out is not None:
+        summary, table = profile_steps(trainer, train)
+        report |= summary
+        profile_out.mkdir(parents=True, exist_ok=True)
+        (profile_out / "profile.txt").write_text(table)
     if concurrent > 1:
         context = mp.get_context("spawn")
         barrier, results = context.Barrier(concurrent), context.Queue()

@@ -62,7 +62,15 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
 def run_config(args: argparse.Namespace):
     from ggt_search.config import RunConfig
 
-    values = (RunConfig.load(args.config) if args.config else RunConfig()).to_dict()
+    if args.config:
+        base = RunConfig.load(args.config)
+    elif getattr(args, "from_study", None):
+        from ggt_search.study import DEFAULT_STORAGE, best_config
+
+        base = best_config(args.from_study, args.storage or DEFAULT_STORAGE)
+    else:
+        base = RunConfig()
+    values = base.to_dict()
     dataset = dataset_overrides(args)
     if "name" in dataset and dataset["name"] != values["dataset"]["name"]:
         values["dataset"] = {}  # another dataset: the file's dataset options do not apply to it
@@ -113,7 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ggt_search.evaluate import evaluate_seeds, parse_seeds, summary_markdown
 
     config = run_config(args)
-    out = args.out or Path("runs") / f"evaluate-{Path(config.dataset.name).stem}-{config.model.conv}"
+    name = args.from_study or f"{Path(config.dataset.name).stem}-{config.model.conv}"
+    out = args.out or Path("runs") / f"evaluate-{name}"
     summary = evaluate_seeds(config, parse_seeds(args.seeds), out)
     print(summary_markdown(summary))
     print(f"written: {out / 'summary.md'}, {out / 'summary.json'}")
@@ -141,7 +150,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from ggt_search.bench import markdown, run_bench, write_report
 
-    report = run_bench(run_config(args), concurrent=args.concurrent, max_graphs=args.max_graphs, baseline=not args.no_baseline)
+    report = run_bench(run_config(args), concurrent=args.concurrent, max_graphs=args.max_graphs, baseline=not args.no_baseline,
+                       profile_out=(args.out or Path(".")) if args.profile else None)
     print(markdown(report))
     if args.out:
         write_report(report, args.out)
@@ -199,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate)
     evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
     evaluate.add_argument("--out", type=Path, help="output folder; finished seeds there are not rerun")
+    evaluate.add_argument("--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)")
+    evaluate.add_argument("--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     search = commands.add_parser("search", help="run or resume an Optuna architecture search",
@@ -246,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrent", type=int, default=1, help="also run K trainings at once on the device and report total graphs/s")
     bench.add_argument("--max-graphs", type=int, help="time only this many training graphs (for slow CPUs)")
     bench.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
+    bench.add_argument("--profile", action="store_true", help="also profile 20 steps: wall vs device time per step, launches, syncs (profile.txt)")
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
     return parser

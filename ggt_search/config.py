@@ -33,6 +33,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
     eval_train: bool = False  # re-score the training set every epoch (costs a training epoch)
+    cuda_graphs: bool = False  # replay each training step as a CUDA graph on padded fixed-shape batches
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -40,6 +41,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.cuda_graphs and self.precision == "fp16":
+            raise UserError("train.cuda_graphs cannot go with fp16 (its loss scaler syncs with the host); use bf16")
         if not self.lr > 0:
             raise UserError(f"train.lr must be positive, got {self.lr!r}")
 

@@ -16,12 +16,19 @@ HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False, "mae": False}
 
 
 def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.Tensor:
-    """BCE-with-logits (classification) or MSE (regression) over labelled entries only."""
+    """BCE-with-logits (classification) or MSE (regression), averaged over labelled entries only.
+
+    Missing labels are weighted out rather than indexed out, so the loss has no
+    data-dependent shape and no host sync (a CUDA graph can hold it).
+    """
     labelled = ~torch.isnan(y)
-    logits, y = logits.float()[labelled], y[labelled]
+    y = torch.where(labelled, y, 0.0)
+    logits = logits.float()
     if task_type == "classification":
-        return F.binary_cross_entropy_with_logits(logits, y)
-    return F.mse_loss(logits, y)
+        per_entry = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    else:
+        per_entry = (logits - y) ** 2
+    return torch.where(labelled, per_entry, 0.0).sum() / labelled.sum()
 
 
 def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, dataset: str | None = None) -> float:

@@ -80,17 +80,41 @@ class ModelConfig:
             raise UserError("model.aggregation 'pna' needs message passing; it cannot go with conv 'mlp'")
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics skip the rows a padded batch marks as padding.
+
+    Without a mask it is nn.BatchNorm1d itself; with one, the same arithmetic (biased
+    variance to normalise, unbiased for the running estimate) over the real rows only.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        x_ = x.to(self.running_mean.dtype)  # statistics in the parameters' precision, as under autocast
+        weight = mask.unsqueeze(1).to(x_.dtype)
+        count = weight.sum()
+        mean = (x_ * weight).sum(0) / count
+        var = ((x_ - mean) ** 2 * weight).sum(0) / count
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return ((x_ - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias).to(x.dtype)
+
+
 class Norm(nn.Module):
     """BatchNorm, LayerNorm, GraphNorm (per graph, needs the graph index) or nothing."""
 
     def __init__(self, kind: str, dim: int):
         super().__init__()
         self.kind = kind
-        self.norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm, "graph": GraphNorm, "none": lambda _: nn.Identity()}[kind](dim)
+        self.norm = {"batch": MaskedBatchNorm1d, "layer": nn.LayerNorm, "graph": GraphNorm, "none": lambda _: nn.Identity()}[kind](dim)
 
-    def forward(self, x: torch.Tensor, graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        if self.kind == "graph":
-            return self.norm(x, graph, num_graphs)
+    def forward(self, x: torch.Tensor, graph: torch.Tensor, num_segments: int, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "graph":  # per-graph statistics: the padding slot is a graph of its own
+            return self.norm(x, graph, num_segments)
+        if self.kind == "batch":
+            return self.norm(x, mask)
         return self.norm(x)
 
 
@@ -186,38 +210,29 @@ class Block(nn.Module):
         self.norm_ffn_h = Norm(c.norm, d) if c.ffn else None
         self.norm_ffn_e = Norm(c.norm, d) if c.ffn else None
 
-    def sublayer(self, x, update, norm, index, num_graphs):
-        """Wrap `update` as x + update(norm(x)) (pre-norm), norm(x + update(x)) (post-norm), or without `x +`."""
-        if self.config.norm_position == "pre":
-            out = update(norm(x, index, num_graphs))
-            return x + out if self.config.residual else out
-        out = update(x)
-        return norm(x + out if self.config.residual else out, index, num_graphs)
+    def sublayer(self, xs, update, norms, rows):
+        """Wrap `update` as x + update(norm(x)) (pre-norm), norm(x + update(x)) (post-norm), or without `x +`.
+
+        One entry per tensor the sub-layer updates, in xs, norms and rows (each norm's graph
+        index, segment count and padding mask): (h,) for an FFN, (h, e) for gated message passing.
+        """
+        pre = self.config.norm_position == "pre"
+        outs = update(*(norm(x, *r) for norm, x, r in zip(norms, xs, rows))) if pre else update(*xs)
+        if self.config.residual:
+            outs = tuple(x + out for x, out in zip(xs, outs))
+        return outs if pre else tuple(norm(out, *r) for norm, out, r in zip(norms, outs, rows))
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        n, g = batch.node_graph, batch.edge_graph
-        if self.conv is not None:
-            if self.norm_mp_e is None:
-                h = self.sublayer(h, lambda x: self.conv(x, e, batch.edge_index)[0], self.norm_mp_h, n, batch.num_graphs)
-            else:
-                h, e = self._gated_sublayer(h, e, batch)
+        nodes = (batch.node_graph, batch.num_segments, batch.node_mask)
+        edges = (batch.edge_graph, batch.num_segments, batch.edge_mask)
+        if self.conv is not None and self.norm_mp_e is None:  # gcn: updates h only
+            (h,) = self.sublayer((h,), lambda h_: (self.conv(h_, e, batch.edge_index)[0],), (self.norm_mp_h,), (nodes,))
+        elif self.conv is not None:  # gated-gcn: updates h and e together
+            h, e = self.sublayer((h, e), lambda h_, e_: self.conv(h_, e_, batch.edge_index), (self.norm_mp_h, self.norm_mp_e), (nodes, edges))
         if self.ffn_h is not None:
-            h = self.sublayer(h, self.ffn_h, self.norm_ffn_h, n, batch.num_graphs)
-            e = self.sublayer(e, self.ffn_e, self.norm_ffn_e, g, batch.num_graphs)
+            (h,) = self.sublayer((h,), lambda h_: (self.ffn_h(h_),), (self.norm_ffn_h,), (nodes,))
+            (e,) = self.sublayer((e,), lambda e_: (self.ffn_e(e_),), (self.norm_ffn_e,), (edges,))
         return h, e
-
-    def _gated_sublayer(self, h, e, batch):
-        """The message-passing sub-layer updates h and e together, so it is wrapped for both."""
-        n, g, num_graphs = batch.node_graph, batch.edge_graph, batch.num_graphs
-        if self.config.norm_position == "pre":
-            h_new, e_new = self.conv(self.norm_mp_h(h, n, num_graphs), self.norm_mp_e(e, g, num_graphs), batch.edge_index)
-            if self.config.residual:
-                return h + h_new, e + e_new
-            return h_new, e_new
-        h_new, e_new = self.conv(h, e, batch.edge_index)
-        if self.config.residual:
-            h_new, e_new = h + h_new, e + e_new
-        return self.norm_mp_h(h_new, n, num_graphs), self.norm_mp_e(e_new, g, num_graphs)
 
 
 POOL_REDUCE = {"mean": "mean", "sum": "sum", "max": "max"}
@@ -239,19 +254,18 @@ class GatedGraphTransformer(nn.Module):
         if c.virtual_node:
             self.virtual_node = nn.Embedding(1, d)
             nn.init.zeros_(self.virtual_node.weight)
-            self.virtual_mlps = nn.ModuleList(
-                nn.Sequential(nn.BatchNorm1d(d), FeedForward(d, 4, c.dropout)) for _ in range(c.layers - 1)
-            )
+            self.virtual_norms = nn.ModuleList(MaskedBatchNorm1d(d) for _ in range(c.layers - 1))
+            self.virtual_mlps = nn.ModuleList(FeedForward(d, 4, c.dropout) for _ in range(c.layers - 1))
         self.readout = FeedForward(2 * d, 2, c.dropout, dim_out=num_tasks)  # Linear(2d -> 4d) ... Linear(4d -> tasks)
 
-    def pool(self, x: torch.Tensor, index: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        return scatter(x, index, 0, num_graphs, reduce=POOL_REDUCE[self.config.pooling])
+    def pool(self, x: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+        return scatter(x, index, 0, num_segments, reduce=POOL_REDUCE[self.config.pooling])
 
     def positional_encoding(self, batch: Batch) -> torch.Tensor:
         """The batch's PEs, with eigenvector signs flipped at random while training."""
         pe = batch.pe[:, : self.config.pe_dim]
         if self.training and self.config.pe_sign_flip != "off":
-            rows = 1 if self.config.pe_sign_flip == "batch" else batch.num_graphs
+            rows = 1 if self.config.pe_sign_flip == "batch" else batch.num_segments
             sign = torch.randint(0, 2, (rows, pe.shape[1]), device=pe.device) * 2 - 1
             pe = pe * (sign if rows == 1 else sign[batch.node_graph])
         return pe
@@ -262,15 +276,16 @@ class GatedGraphTransformer(nn.Module):
         if c.pe_dim:
             pe = self.positional_encoding(batch)
             h = self.pe_encoder(torch.cat([h, pe], -1)) if c.pe_injection == "concat-mlp" else h + self.pe_encoder(pe)
-        vn = self.virtual_node.weight.expand(batch.num_graphs, -1) if c.virtual_node else None
+        segments = batch.num_segments
+        vn = self.virtual_node.weight.expand(segments, -1) if c.virtual_node else None
         for i, block in enumerate(self.blocks):
             if vn is not None:
                 h = h + vn[batch.node_graph]
             h, e = block(h, e, batch)
             if vn is not None and i < c.layers - 1:
-                vn = self.virtual_mlps[i](vn + self.pool(h, batch.node_graph, batch.num_graphs))
-        pooled = torch.cat([self.pool(h, batch.node_graph, batch.num_graphs), self.pool(e, batch.edge_graph, batch.num_graphs)], -1)
-        return self.readout(pooled)
+                vn = self.virtual_mlps[i](self.virtual_norms[i](vn + self.pool(h, batch.node_graph, segments), batch.graph_mask))
+        pooled = torch.cat([self.pool(h, batch.node_graph, segments), self.pool(e, batch.edge_graph, segments)], -1)
+        return self.readout(pooled[: batch.num_graphs])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -275,6 +275,19 @@ def worker_devices(workers: int, device: str) -> list[str]:
     return [device] * workers
 
 
+def best_config(study_name: str, storage: str) -> RunConfig:
+    """The config the search's best completed trial trained: the one to evaluate over 10 seeds."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise UserError(f"no study {study_name!r} in {storage}; list them with: optuna studies --storage {storage}") from None
+    try:
+        trial = study.best_trial
+    except ValueError:
+        raise UserError(f"study {study_name!r} has no completed trial yet; run or resume the search first") from None
+    return RunConfig.from_dict(trial.user_attrs["config"])
+
+
 def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
     states = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in study.get_trials(deepcopy=False):
@@ -284,6 +297,7 @@ def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
     try:
         best = study.best_trial
         print(f"best trial {best.number}: {best.value:.4f}  {best.params}")
+        print(f"final evaluation (OGB: 10 seeds): ggt-search evaluate --from-study {study.study_name} --storage {settings.storage} --seeds 0-9")
     except ValueError:
         print("no trial has completed yet")
     print(f"storage: {settings.storage}")

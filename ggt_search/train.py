@@ -8,12 +8,13 @@ the end, with those weights, and only when the caller asks: a search never reads
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import platform
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,7 @@ from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
 
 EVAL_BATCH_SIZE = 1024
-
+WARMUP_STEPS = 3  # eager steps before a CUDA graph capture (cuBLAS handles, autograd, Adam state)
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the candidate diverged."""
@@ -92,6 +93,8 @@ class Trainer:
     def __init__(self, config: RunConfig, graphs: GraphSet | None = None):
         self.config = config
         self.device = resolve_device(config.train.device)
+        if config.train.cuda_graphs and self.device.type != "cuda":
+            raise UserError(f"train.cuda_graphs needs a CUDA device, not {self.device}; set train.cuda_graphs: false")
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
         self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim)
         self.higher_is_better = HIGHER_IS_BETTER[self.graphs.metric]
@@ -113,7 +116,12 @@ class Trainer:
         precision = self.config.train.precision
         if precision == "fp32" or self.device.type != "cuda":
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        # A captured graph must not depend on autocast's cache of cast weights.
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                              cache_enabled=not self.config.train.cuda_graphs)
+
+    def make_step(self, model: GatedGraphTransformer) -> "TrainStep":
+        return (CUDAGraphStep if self.config.train.cuda_graphs else TrainStep)(self, model)
 
     def fit(
         self,
@@ -126,19 +134,18 @@ class Trainer:
         np.random.seed(cfg.seed)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         model = self.build_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-        scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        step = self.make_step(model)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(step.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
         log = RunLog(run_dir, self.config, self.device, count_parameters(model))
 
         best_state, best_valid, best_epoch, history = None, None, 0, []
         start = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             tic = time.perf_counter()
-            train_loss = self.train_epoch(model, optimizer, scaler, shuffle, epoch)
+            train_loss = self.train_epoch(step, shuffle, epoch)
             valid_loss, valid_metric = self.evaluate(model, "valid")
             scheduler.step(valid_loss)
-            record = EpochRecord(epoch, train_loss, valid_loss, valid_metric, optimizer.param_groups[0]["lr"], time.perf_counter() - tic)
+            record = EpochRecord(epoch, train_loss, valid_loss, valid_metric, float(step.optimizer.param_groups[0]["lr"]), time.perf_counter() - tic)
             if cfg.eval_train:
                 record.train_metric = self.evaluate(model, "train")[1]
             history.append(record)
@@ -162,38 +169,37 @@ class Trainer:
     def is_better(self, value: float, than: float) -> bool:
         return value > than if self.higher_is_better else value < than
 
-    def train_epoch(self, model, optimizer, scaler, generator, epoch: int) -> float:
-        batches = self.data.batches("train", self.config.train.batch_size, shuffle=True, generator=generator)
-        num_batches = math.ceil(len(self.data.split["train"]) / self.config.train.batch_size)
+    def train_epoch(self, step: "TrainStep", generator, epoch: int) -> float:
+        cfg = self.config.train
+        batches = self.data.batches(self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.cuda_graphs)
+        num_batches = math.ceil(len(self.data.split["train"]) / cfg.batch_size)
         progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
-        mean_loss = self.train_steps(model, optimizer, scaler, progress)
+        mean_loss = self.train_steps(step, progress)
         if not math.isfinite(mean_loss):
             raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
         return mean_loss
 
-    def train_steps(self, model, optimizer, scaler, batches) -> float:
+    def train_steps(self, step: "TrainStep", batches) -> float:
         """One optimisation step per batch; returns the mean loss (one host sync, at the end)."""
-        model.train()
+        step.model.train()
         total = torch.zeros((), device=self.device)
         steps = 0
         for batch in batches:
-            if batch.num_graphs == 1:
+            if batch.real_graphs == 1:
                 continue  # a last batch of one graph: BatchNorm cannot normalise a single sample
-            optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = masked_loss(model(batch), self.standardise(batch.y), self.graphs.task_type)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.detach()
+            total += step(batch)
             steps += 1
         return float(total) / max(steps, 1)
+
+    def loss(self, model: GatedGraphTransformer, batch) -> torch.Tensor:
+        with self.autocast():
+            return masked_loss(model(batch), self.standardise(batch.y), self.graphs.task_type)
 
     @torch.no_grad()
     def predict(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         logits, labels = [], []
-        for batch in self.data.batches(split, EVAL_BATCH_SIZE):
+        for batch in self.data.batches(self.data.split[split], EVAL_BATCH_SIZE):
             with self.autocast():
                 logits.append(model(batch).float())
             labels.append(batch.y)
@@ -208,6 +214,87 @@ class Trainer:
         else:
             predictions = logits * self.target_std + self.target_mean
         return loss, score(self.graphs.metric, labels.cpu().numpy(), predictions.cpu().numpy(), self.graphs.name)
+
+
+class TrainStep:
+    """One optimisation step, run eagerly: Adam on the masked loss of a batch."""
+
+    def __init__(self, trainer: Trainer, model: GatedGraphTransformer, lr: float | torch.Tensor | None = None, **adam):
+        cfg = trainer.config.train
+        self.trainer, self.model = trainer, model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay, **adam)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and trainer.device.type == "cuda")
+
+    def __call__(self, batch) -> torch.Tensor:
+        """Train on `batch`; returns its loss, detached."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.trainer.loss(self.model, batch)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+class CUDAGraphStep(TrainStep):
+    """The same step (forward, backward, Adam) captured once per batch shape and replayed as one CUDA graph.
+
+    Batches must be padded (`DeviceGraphs.batches(padded=True)`) so that their shapes
+    repeat; each new shape is captured after a few eager warm-up steps whose effects on
+    the weights, statistics, optimizer and random state are undone, so capturing never
+    changes what is trained. Adam runs `capturable`, with its learning rate a device
+    tensor the plateau scheduler updates in place.
+    """
+
+    def __init__(self, trainer: Trainer, model: GatedGraphTransformer):
+        super().__init__(trainer, model, lr=torch.tensor(trainer.config.train.lr, device=trainer.device), capturable=True)
+        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, object, torch.Tensor]] = {}
+
+    def __call__(self, batch) -> torch.Tensor:
+        """Train on `batch`; the returned loss is overwritten by the next call."""
+        if batch.node_mask is None:
+            raise ValueError("CUDA graph steps need padded batches: DeviceGraphs.batches(..., padded=True)")
+        if batch.shape() not in self.captured:
+            self.captured[batch.shape()] = self.capture(batch)
+        graph, static, loss = self.captured[batch.shape()]
+        for name, tensor in batch.tensors().items():
+            getattr(static, name).copy_(tensor)
+        graph.replay()
+        return loss
+
+    def capture(self, batch):
+        static = dataclasses.replace(batch, **{name: t.clone() for name, t in batch.tensors().items()})
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), undone(self.model, self.optimizer):
+            for _ in range(WARMUP_STEPS):
+                super().__call__(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # the graph owns its gradients
+        with torch.cuda.graph(graph):
+            loss = self.trainer.loss(self.model, static)
+            loss.backward()
+            self.optimizer.step()
+        return graph, static, loss.detach()
+
+
+@contextmanager
+def undone(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """Run the body, then put back the weights, buffers, optimizer state and random state as they were."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    saved = [t.detach().clone() for t in tensors]
+    had_state = set(optimizer.state)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        yield
+    with torch.no_grad():
+        for tensor, value in zip(tensors, saved):
+            tensor.copy_(value)
+        for param, state in optimizer.state.items():  # state the body created: back to Adam's fresh zeros
+            if param not in had_state:
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
 
 
 def _nanstd(y: torch.Tensor) -> torch.Tensor:

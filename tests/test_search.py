@@ -1,5 +1,6 @@
 """Search studies on a real slice of ogbg-molbbbp: pruning, resume, faults, killed workers, workers on PostgreSQL."""
 
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +66,20 @@ def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
     assert len(set(params)) == len(params)  # the resumed sampler does not replay earlier trials
     search(settings(tmp_path, bbbp_csv, space, trials=10))
     assert "already has 10 trials" in capsys.readouterr().out
+
+
+def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, space, capsys):
+    study = search(settings(tmp_path, bbbp_csv, space, trials=3, pruner="none"))
+    storage = f"sqlite:///{tmp_path}/study.db"
+    assert f"ggt-search evaluate --from-study s --storage {storage} --seeds 0-9" in capsys.readouterr().out
+    out = tmp_path / "final"
+    cli.main(["evaluate", "--from-study", "s", "--storage", storage, "--seeds", "0,1", "--epochs", "1", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    best = study.best_trial.user_attrs["config"]
+    assert summary["config"]["model"] == best["model"] and summary["config"]["train"]["epochs"] == 1  # flags still override
+    assert summary["seeds"] == [0, 1] and 0 <= summary["test"]["mean"] <= 1
+    assert cli.main(["evaluate", "--from-study", "nope", "--storage", storage]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: no study 'nope' in {storage}; list them with: optuna studies --storage {storage}"]
 
 
 def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp_path, bbbp_csv):

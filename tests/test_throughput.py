@@ -1,0 +1,170 @@
+"""The throughput levers keep results equivalent: padded fixed-shape batches, the sync-free
+loss, and CUDA-graph steps (those tests run only where CUDA is, e.g. bench/gpu.sh)."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ggt_search.batching import DeviceGraphs, round_up
+from ggt_search.config import RunConfig
+from ggt_search.errors import UserError
+from ggt_search.metrics import masked_loss
+from ggt_search.model import GatedGraphTransformer, ModelConfig, in_degree_histogram
+from ggt_search.train import CUDAGraphStep, Trainer, TrainStep
+from tests.conftest import tiny_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run bench/gpu.sh on the GPU machine)")
+
+
+def padded_twin(data: DeviceGraphs, graphs: torch.Tensor, slots: int):
+    """The same graphs as an unpadded and as a padded batch (budget: 10% spare rows)."""
+    plain = data.batch(graphs)
+    nodes, edges = len(plain.atoms), len(plain.bonds)
+    return plain, data.padded_batch(graphs, slots, nodes + nodes // 10 + 1, edges + edges // 10)
+
+
+def test_padded_batch_holds_the_same_graphs_plus_inert_padding(bbbp_small):
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=4)
+    plain, padded = padded_twin(data, data.split["train"][:29], slots=32)  # a short last batch: 3 empty slots
+    n, e = len(plain.atoms), len(plain.bonds)
+    assert padded.shape() == (32, n + n // 10 + 1, e + e // 10)
+    assert torch.equal(padded.atoms[:n], plain.atoms) and torch.equal(padded.pe[:n], plain.pe)
+    assert torch.equal(padded.edge_index[:, :e], plain.edge_index) and torch.equal(padded.bonds[:e], plain.bonds)
+    assert torch.equal(padded.node_graph[:n], plain.node_graph) and (padded.node_graph[n:] == 32).all()
+    assert (padded.edge_index[:, e:] == len(padded.atoms) - 1).all()  # padding bonds join the last, padding atom
+    assert padded.node_mask.sum() == n and padded.edge_mask.sum() == e
+    assert padded.graph_mask.tolist() == [True] * 29 + [False] * 4  # 32 slots + the padding slot
+    assert torch.equal(padded.y[:29], plain.y) and padded.y[29:].isnan().all()
+    assert padded.real_graphs == 29 and padded.num_segments == 33
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"norm": "graph", "pooling": "max", "pe_injection": "add"},
+    {"norm": "layer", "norm_position": "post", "conv": "gcn", "virtual_node": True},
+    {"conv": "gcn", "aggregation": "pna", "pooling": "sum", "residual": False},
+    {"conv": "mlp", "ffn": False, "pe_dim": 0},
+    {"norm": "batch", "virtual_node": True, "norm_position": "post"},
+])
+def test_padded_batches_give_the_same_outputs_gradients_and_statistics(bbbp_small, fields):
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8)
+    config = ModelConfig(**({"layers": 2, "hidden": 16, "pe_dim": 8, "dropout": 0.0, "pe_sign_flip": "off"} | fields))
+    histogram = in_degree_histogram(bbbp_small) if config.aggregation == "pna" else None
+    twins = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        model = GatedGraphTransformer(config, 1, histogram).train()
+        plain, padded_batch = padded_twin(data, data.split["train"][:29], slots=32)
+        batch = padded_batch if padded else plain
+        out = model(batch)[: batch.real_graphs]
+        masked_loss(out, batch.y[: batch.real_graphs], "classification").backward()
+        twins.append((out, model))
+    (out_plain, plain_model), (out_padded, padded_model) = twins
+    torch.testing.assert_close(out_padded, out_plain, rtol=1e-3, atol=1e-4)  # float32 noise; exact in float64
+    for (name, p), q in zip(plain_model.named_parameters(), padded_model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    for (name, b), c in zip(plain_model.named_buffers(), padded_model.buffers()):
+        torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5, msg=name)  # BatchNorm running statistics
+
+
+def test_a_padded_epoch_trains_like_an_unpadded_one(bbbp_small):
+    """Whole epochs with the same seed: the same losses and weights, padded or not."""
+    trainer = Trainer(tiny_config(pe_sign_flip="off"), bbbp_small)
+    results = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        step = TrainStep(trainer, trainer.build_model())
+        losses = [trainer.train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
+                                                                 generator=torch.Generator().manual_seed(epoch), padded=padded))
+                  for epoch in range(3)]
+        results.append((losses, step.model.state_dict()))
+    (plain_losses, plain_state), (padded_losses, padded_state) = results
+    assert plain_losses == pytest.approx(padded_losses, rel=1e-4)
+    for name, value in plain_state.items():
+        torch.testing.assert_close(padded_state[name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_padded_shapes_repeat_across_epochs(bbbp):
+    """The budget only grows, in coarse steps: a few shapes per run, so a few CUDA graph captures."""
+    data = DeviceGraphs(bbbp, "cpu")
+    shapes, real_rows, rows = set(), 0, 0
+    for epoch in range(8):
+        for batch in data.batches(data.split["train"], 128, shuffle=True, generator=torch.Generator().manual_seed(epoch), padded=True):
+            shapes.add(batch.shape())
+            assert batch.node_mask.sum() < len(batch.atoms) and batch.edge_mask.sum() <= len(batch.bonds)
+            real_rows += int(batch.node_mask.sum())
+            rows += len(batch.atoms)
+    assert len(shapes) <= 3
+    assert real_rows / rows > 0.85, real_rows / rows  # padding stays small
+
+
+def test_round_up_pads_at_most_a_sixteenth():
+    for count in itertools.chain(range(1, 300), range(5000, 9000, 7)):
+        assert count <= round_up(count) <= count + max(1, count / 16)
+    assert round_up(7000) % 256 == 0
+
+
+def test_masked_loss_equals_the_mean_over_labelled_entries():
+    torch.manual_seed(0)
+    logits, y = torch.randn(50, 3), torch.randint(0, 2, (50, 3)).float()
+    y[torch.rand(50, 3) < 0.3] = float("nan")
+    labelled = ~y.isnan()
+    expected = F.binary_cross_entropy_with_logits(logits[labelled], y[labelled])
+    torch.testing.assert_close(masked_loss(logits, y, "classification"), expected)
+    torch.testing.assert_close(masked_loss(logits, y, "regression"), F.mse_loss(logits[labelled], y[labelled]))
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_run(bbbp_small):
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        Trainer(tiny_config().with_overrides(train={"cuda_graphs": True}), bbbp_small)
+    with pytest.raises(UserError, match="use bf16"):
+        RunConfig.from_dict({"train": {"cuda_graphs": True, "precision": "fp16"}})
+
+
+@cuda
+def test_padded_batches_and_graph_steps_never_sync_with_the_host(bbbp_small):
+    trainer = Trainer(tiny_config().with_overrides(train={"device": "cuda", "cuda_graphs": True}), bbbp_small)
+    step = trainer.make_step(trainer.build_model())
+    batches = trainer.data.batches(trainer.data.split["train"], 48, shuffle=True, padded=True)
+    step(next(batches))  # the epoch's one sync (its budget) and the capture's warm-up happen here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches:
+            step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_training_equals_eager_training(bbbp_small, precision):
+    """The same seed and the same padded batches: graph replays and eager steps reach the same losses and metric."""
+    config = tiny_config(pe_sign_flip="off").with_overrides(train={"device": "cuda", "precision": precision})
+    results = []
+    for cuda_graphs in (False, True):
+        trainer = Trainer(config.with_overrides(train={"cuda_graphs": cuda_graphs}), bbbp_small)
+        torch.manual_seed(0)
+        step = trainer.make_step(trainer.build_model())
+        assert isinstance(step, CUDAGraphStep) == cuda_graphs
+        losses = [trainer.train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
+                                                                 generator=torch.Generator().manual_seed(epoch), padded=True))
+                  for epoch in range(3)]
+        results.append((losses, trainer.evaluate(step.model, "valid")[1]))
+    (eager_losses, eager_valid), (graph_losses, graph_valid) = results
+    tolerance = 1e-4 if precision == "fp32" else 2e-2
+    assert graph_losses == pytest.approx(eager_losses, rel=tolerance)
+    assert graph_valid == pytest.approx(eager_valid, abs=50 * tolerance)
+
+
+@cuda
+def test_cuda_graph_fit_with_dropout_matches_eager_within_noise(bbbp_small):
+    """Dropout, PE sign flips and the plateau scheduler: full fits on each path land within seed noise."""
+    config = tiny_config(dropout=0.3).with_overrides(train={"device": "cuda", "epochs": 4, "lr_patience": 0})
+    eager = Trainer(config, bbbp_small).fit(evaluate_test=False)
+    graphed = Trainer(config.with_overrides(train={"cuda_graphs": True}), bbbp_small).fit(evaluate_test=False)
+    assert abs(graphed.history[-1].train_loss - eager.history[-1].train_loss) < 0.1
+    assert abs(graphed.best_valid - eager.best_valid) < 0.15
+    assert min(r.lr for r in graphed.history) < config.train.lr  # the scheduler reached the captured Adam
