@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
-from ggt_search.config import RunConfig
+from ggt_search.config import RunConfig, read_yaml_mapping
 from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.evaluate import parse_seeds
@@ -48,14 +47,9 @@ class Ablation:
 
 def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None) -> Ablation:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ablation file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict) or not values.get("variants"):
-        raise UserError(f"{path} must be a mapping with at least 'baseline' and 'variants'")
+    values = read_yaml_mapping(path, "ablation", "with at least 'baseline' and 'variants'")
+    if not values.get("variants"):
+        raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
     unknown = set(values) - FILE_KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(FILE_KEYS))}")

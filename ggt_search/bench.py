@@ -96,7 +96,7 @@ def profile_steps(trainer: Trainer, graphs: torch.Tensor, steps: int = 20) -> tu
         device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
         summary["device_busy_ms_per_step"] = round(device_us / 1000 / steps, 3)
         summary["device_busy_fraction"] = round(device_us / 1e6 / wall, 3)
-    table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30)
+    table = events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=30)
     return summary, table
 
 

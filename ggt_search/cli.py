@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config = run_config(args)
     name = args.from_study or f"{Path(config.dataset.name).stem}-{config.model.conv}"
     out = args.out or Path("runs") / f"evaluate-{name}"
-    summary = evaluate_seeds(config, parse_seeds(args.seeds), out)
+    summary = evaluate_seeds(config, parse_seeds(args.seeds), out, args.workers)
     print(summary_markdown(summary))
     print(f"written: {out / 'summary.md'}, {out / 'summary.json'}")
 
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(evaluate)
     evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
     evaluate.add_argument("--out", type=Path, help="output folder; finished seeds there are not rerun")
+    evaluate.add_argument("--workers", type=int, default=1, help="seeds trained at once, in worker processes (spread over GPUs)")
     evaluate.add_argument("--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)")
     evaluate.add_argument("--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -67,16 +67,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{path} must hold a mapping with sections dataset, model, train")
-        return cls.from_dict(values)
+        return cls.from_dict(read_yaml_mapping(Path(path), "config", "with sections dataset, model, train"))
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset.to_dict(), "model": asdict(self.model), "train": asdict(self.train)}
@@ -89,6 +80,19 @@ class RunConfig:
         for section, values in (("dataset", dataset), ("model", model), ("train", train)):
             merged[section].update(values or {})
         return RunConfig.from_dict(merged)
+
+
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
+    """The mapping a YAML file holds (an empty file is {}); any problem is one UserError line."""
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict | None):
+        raise UserError(f"{what} {path} must be a mapping {expected}")
+    return values or {}
 
 
 def build(cls, values: dict, section: str):

@@ -15,7 +15,8 @@ import yaml
 
 from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
-from ggt_search.train import Trainer, environment
+from ggt_search.study import run_workers
+from ggt_search.train import Trainer, environment, resolve_device
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -38,29 +39,37 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan")
 
 
-def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path) -> dict:
+def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int = 1) -> dict:
+    """Train `config` once per seed (in `workers` processes sharing the device), then summarise."""
     out.mkdir(parents=True, exist_ok=True)
-    trainer = None
-    results = {}
+    todo = []
     for seed in seeds:
-        run_dir = out / f"seed-{seed}"
-        done = run_dir / "result.json"
-        if done.exists():
-            print(f"seed {seed}: done already ({done})")
+        if (out / f"seed-{seed}" / "result.json").exists():
+            print(f"seed {seed}: done already ({out / f'seed-{seed}' / 'result.json'})")
         else:
-            seeded = replace(config, train=replace(config.train, seed=seed))
-            trainer = trainer or Trainer(seeded)
-            trainer.config = seeded
-            result = trainer.fit(run_dir)
-            print(f"seed {seed}: valid {result.best_valid:.4f}  test {result.test:.4f}  (best epoch {result.best_epoch})")
-        results[seed] = json.loads(done.read_text())
-    summary = summarise(config, results, trainer)
+            todo.append(seed)
+    if todo:
+        run_workers(_train_seeds, (config, todo, out, min(workers, len(todo))), min(workers, len(todo)), config.train.device)
+    results = {seed: json.loads((out / f"seed-{seed}" / "result.json").read_text()) for seed in seeds}
+    summary = summarise(config, results, environment(resolve_device(config.train.device))["hardware"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
 
 
-def summarise(config: RunConfig, results: dict[int, dict], trainer: Trainer | None) -> dict:
+def _train_seeds(job: tuple, worker: int, device: str) -> None:
+    """Worker `worker` of `workers`: every workers-th seed of the list, on `device`."""
+    config, seeds, out, workers = job
+    trainer = None
+    for seed in seeds[worker::workers]:
+        seeded = replace(config, train=replace(config.train, seed=seed, device=device))
+        trainer = trainer or Trainer(seeded)
+        trainer.config = seeded
+        result = trainer.fit(out / f"seed-{seed}")
+        print(f"seed {seed}: valid {result.best_valid:.4f}  test {result.test:.4f}  (best epoch {result.best_epoch})", flush=True)
+
+
+def summarise(config: RunConfig, results: dict[int, dict], hardware: str) -> dict:
     first = next(iter(results.values()))
     test_mean, test_std = mean_std([r["test"] for r in results.values()])
     valid_mean, valid_std = mean_std([r["best_valid"] for r in results.values()])
@@ -72,7 +81,7 @@ def summarise(config: RunConfig, results: dict[int, dict], trainer: Trainer | No
         "valid": {"mean": valid_mean, "std": valid_std},
         "parameters": first["parameters"],
         "per_seed": {seed: {"valid": r["best_valid"], "test": r["test"], "best_epoch": r["best_epoch"]} for seed, r in results.items()},
-        "hardware": environment(trainer.device)["hardware"] if trainer else "see seed-*/environment.json",
+        "hardware": hardware,
         "config": config.to_dict(),
     }
 

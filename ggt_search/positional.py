@@ -30,7 +30,6 @@ ZERO_EIGENVALUE = 1e-6
 def laplacian_pe(edges: torch.Tensor, node_ptr: torch.Tensor, edge_ptr: torch.Tensor, k: int) -> torch.Tensor:
     """[num_nodes, k] float32 eigenvectors; `edges` holds per-graph (local) atom indices."""
     num_nodes = node_ptr[1:] - node_ptr[:-1]
-    num_edges = edge_ptr[1:] - edge_ptr[:-1]
     pe = torch.zeros(int(node_ptr[-1]), k, dtype=torch.float32)
     if k == 0:
         return pe

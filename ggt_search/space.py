@@ -11,9 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 import optuna
-import yaml
 
-from ggt_search.config import RunConfig, TrainConfig
+from ggt_search.config import RunConfig, TrainConfig, read_yaml_mapping
 from ggt_search.errors import UserError
 from ggt_search.model import ModelConfig
 
@@ -30,14 +29,9 @@ def load_space(path: str | Path | None = None) -> dict:
     path = Path(path or "default")
     if not path.exists() and packaged_space(str(path)).exists():
         path = packaged_space(str(path))
-    if not path.is_file():
-        raise UserError(f"search space file not found: {path}")
-    try:
-        space = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"search space {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(space, dict) or not space:
-        raise UserError(f"search space {path} must be a mapping of <section>.<field> keys")
+    space = read_yaml_mapping(path, "search space", "of <section>.<field> keys")
+    if not space:
+        raise UserError(f"search space {path} is empty; it must be a mapping of <section>.<field> keys")
     seen = []
     for key, spec in space.items():
         _check_entry(path, key, spec, seen)

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 from scipy import stats
 

@@ -73,11 +73,14 @@ def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, spac
     storage = f"sqlite:///{tmp_path}/study.db"
     assert f"ggt-search evaluate --from-study s --storage {storage} --seeds 0-9" in capsys.readouterr().out
     out = tmp_path / "final"
-    cli.main(["evaluate", "--from-study", "s", "--storage", storage, "--seeds", "0,1", "--epochs", "1", "--out", str(out)])
+    final = ["evaluate", "--from-study", "s", "--storage", storage, "--epochs", "1"]
+    cli.main([*final, "--seeds", "0,1", "--workers", "2", "--out", str(out)])  # two seeds at once, in two processes
     summary = json.loads((out / "summary.json").read_text())
     best = study.best_trial.user_attrs["config"]
     assert summary["config"]["model"] == best["model"] and summary["config"]["train"]["epochs"] == 1  # flags still override
     assert summary["seeds"] == [0, 1] and 0 <= summary["test"]["mean"] <= 1
+    cli.main([*final, "--seeds", "1", "--out", str(tmp_path / "alone")])  # a seed's result does not depend on the workers
+    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["per_seed"]["1"] == summary["per_seed"]["1"]
     assert cli.main(["evaluate", "--from-study", "nope", "--storage", storage]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: no study 'nope' in {storage}; list them with: optuna studies --storage {storage}"]
 
