@@ -263,18 +263,19 @@ class CUDAGraphStep(TrainStep):
 
     def capture(self, batch):
         static = dataclasses.replace(batch, **{name: t.clone() for name, t in batch.tensors().items()})
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), undone(self.model, self.optimizer):
-            for _ in range(WARMUP_STEPS):
-                super().__call__(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)  # the graph owns its gradients
-        with torch.cuda.graph(graph):
-            loss = self.trainer.loss(self.model, static)
-            loss.backward()
-            self.optimizer.step()
+        with torch.cuda.device(self.trainer.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), undone(self.model, self.optimizer):
+                for _ in range(WARMUP_STEPS):
+                    super().__call__(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)  # the graph owns its gradients
+            with torch.cuda.graph(graph):
+                loss = self.trainer.loss(self.model, static)
+                loss.backward()
+                self.optimizer.step()
         return graph, static, loss.detach()
 
 
@@ -285,7 +286,8 @@ def undone(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
     tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     saved = [t.detach().clone() for t in tensors]
     had_state = set(optimizer.state)
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+    on_cuda = next(model.parameters()).is_cuda  # then under torch.cuda.device(the model's), so current_device is it
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
         yield
     with torch.no_grad():
         for tensor, value in zip(tensors, saved):

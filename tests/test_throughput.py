@@ -12,7 +12,7 @@ from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
 from ggt_search.model import GatedGraphTransformer, ModelConfig, in_degree_histogram
-from ggt_search.train import CUDAGraphStep, Trainer, TrainStep
+from ggt_search.train import CUDAGraphStep, Trainer, TrainStep, undone
 from tests.conftest import tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run bench/gpu.sh on the GPU machine)")
@@ -114,6 +114,34 @@ def test_masked_loss_equals_the_mean_over_labelled_entries():
     expected = F.binary_cross_entropy_with_logits(logits[labelled], y[labelled])
     torch.testing.assert_close(masked_loss(logits, y, "classification"), expected)
     torch.testing.assert_close(masked_loss(logits, y, "regression"), F.mse_loss(logits[labelled], y[labelled]))
+
+
+@pytest.mark.parametrize("first_step", [True, False], ids=["adam-state-exists", "fresh-adam"])
+def test_warm_up_steps_before_a_capture_leave_no_trace(bbbp_small, first_step):
+    """A capture's eager warm-up is undone: the next real steps train as if it never ran."""
+    trainer = Trainer(tiny_config(dropout=0.3, virtual_node=True), bbbp_small)  # dropout and sign flips draw random numbers
+    graphs = trainer.data.split["train"]
+    batches = list(trainer.data.batches(graphs, 48, shuffle=True, generator=torch.Generator().manual_seed(0), padded=True))
+    states = []
+    for warm_up in (False, True):
+        torch.manual_seed(0)
+        step = TrainStep(trainer, trainer.build_model())
+        step.model.train()
+        if first_step:  # a later capture (a new shape): Adam has state to restore
+            step(batches[0])
+        if warm_up:
+            with undone(step.model, step.optimizer):
+                for batch in batches[1:4]:
+                    step(batch)
+        losses = [float(step(batch)) for batch in batches[1:3]]
+        states.append((losses, step.model.state_dict(), step.optimizer.state_dict()["state"]))
+    (losses, model, adam), (warm_losses, warm_model, warm_adam) = states
+    assert warm_losses == losses
+    for name, value in model.items():
+        assert torch.equal(warm_model[name], value), name
+    for index, state in adam.items():
+        for key, value in state.items():
+            assert torch.equal(warm_adam[index][key], value), (index, key)
 
 
 def test_cuda_graphs_are_refused_where_they_cannot_run(bbbp_small):
