@@ -151,7 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from ggt_search.bench import markdown, run_bench, write_report
 
     report = run_bench(run_config(args), concurrent=args.concurrent, max_graphs=args.max_graphs, baseline=not args.no_baseline,
-                       profile_out=(args.out or Path(".")) if args.profile else None)
+                       profile_out=(args.out or Path(".")) if args.profile else None, repeats=args.repeats)
     print(markdown(report))
     if args.out:
         write_report(report, args.out)
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrent", type=int, default=1, help="also run K trainings at once on the device and report total graphs/s")
     bench.add_argument("--max-graphs", type=int, help="time only this many training graphs (for slow CPUs)")
     bench.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
+    bench.add_argument("--repeats", type=int, default=3, help="timed epochs per path, taking turns; the fastest counts (default 3)")
     bench.add_argument("--profile", action="store_true", help="also profile 20 steps: wall vs device time per step, launches, syncs (profile.txt)")
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)

@@ -112,3 +112,17 @@ def test_config_round_trips_through_yaml(tmp_path):
     config = RunConfig.from_dict({"dataset": {"name": "ogbg-molhiv", "source": "x.csv"}, "model": {"conv": "gcn", "virtual_node": True}, "train": {"lr": 3e-4}})
     config.save(tmp_path / "run.yaml")
     assert RunConfig.load(tmp_path / "run.yaml") == config
+
+
+def test_cpu_dropout_keeps_nn_dropouts_distribution():
+    from ggt_search.model import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 512)
+    dropout = Dropout(0.3).train()
+    out = dropout(x)
+    values = out.unique()
+    assert len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / 0.7)
+    assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # expectation preserved
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)

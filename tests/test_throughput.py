@@ -196,3 +196,19 @@ def test_cuda_graph_fit_with_dropout_matches_eager_within_noise(bbbp_small):
     assert abs(graphed.history[-1].train_loss - eager.history[-1].train_loss) < 0.1
     assert abs(graphed.best_valid - eager.best_valid) < 0.15
     assert min(r.lr for r in graphed.history) < config.train.lr  # the scheduler reached the captured Adam
+
+
+def test_bench_times_both_paths_and_profiles_a_step(moleculenet, tmp_path):
+    from ggt_search.bench import run_bench, write_report
+
+    config = RunConfig.from_dict({"dataset": {"name": "ogbg-molbbbp", "source": str(moleculenet)},
+                                  "model": {"layers": 1, "hidden": 16, "pe_dim": 4},
+                                  "train": {"batch_size": 32, "device": "cpu"}})
+    report = run_bench(config, max_graphs=96, profile_out=tmp_path, repeats=2)
+    write_report(report, tmp_path)
+    assert report["graphs_per_epoch"] == 96 and report["epochs_timed"] == 2
+    assert report["fast_graphs_per_s"] > 0 and report["pyg_graphs_per_s"] > 0
+    assert report["speedup_vs_pyg"] == pytest.approx(report["fast_graphs_per_s"] / report["pyg_graphs_per_s"], rel=0.05)
+    assert report["profiled_steps"] == 3 and report["wall_ms_per_step"] > 0
+    assert "aten::" in (tmp_path / "profile.txt").read_text()
+    assert "| fast_graphs_per_s |" in (tmp_path / "bench.md").read_text()
