@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +131,6 @@ def _taken_by_another(trial: optuna.Trial, variant: str, seed: int) -> bool:
 
 def _worker(settings: AblationSettings, worker: int, device: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     ablation = settings.ablation
     graphs = load_dataset(ablation.base.dataset)
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat))

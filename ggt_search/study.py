@@ -13,10 +13,9 @@ import multiprocessing as mp
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import warnings
 
 import optuna
 import torch
@@ -31,6 +30,10 @@ from ggt_search.metrics import HIGHER_IS_BETTER
 from ggt_search.model import count_parameters
 from ggt_search.space import grid, load_space, suggest
 from ggt_search.train import NonFiniteLoss, Trainer
+
+# Heartbeats, their retry callback and grouped multivariate TPE are Optuna APIs marked
+# experimental; we use them on purpose, and their warnings would only puzzle users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///ggt-search.db"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -214,7 +217,6 @@ class ProgressLine:
 
 def run_worker(settings: SearchSettings, worker: int = 0, device: str | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # ProgressLine prints one line per trial instead
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     space = load_space(settings.space_file)
     objective = Objective(settings, space, device or settings.base.train.device)
     study = open_study(settings, objective.graphs.metric, space, worker)
