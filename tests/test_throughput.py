@@ -182,20 +182,36 @@ def test_cuda_graph_training_equals_eager_training(bbbp_small, precision):
                   for epoch in range(3)]
         results.append((losses, trainer.evaluate(step.model, "valid")[1]))
     (eager_losses, eager_valid), (graph_losses, graph_valid) = results
-    tolerance = 1e-4 if precision == "fp32" else 2e-2
-    assert graph_losses == pytest.approx(eager_losses, rel=tolerance)
-    assert graph_valid == pytest.approx(eager_valid, abs=50 * tolerance)
+    loss_tolerance, metric_tolerance = (1e-4, 5e-3) if precision == "fp32" else (2e-2, 5e-2)
+    assert graph_losses == pytest.approx(eager_losses, rel=loss_tolerance)
+    assert graph_valid == pytest.approx(eager_valid, abs=metric_tolerance)
 
 
 @cuda
 def test_cuda_graph_fit_with_dropout_matches_eager_within_noise(bbbp_small):
-    """Dropout, PE sign flips and the plateau scheduler: full fits on each path land within seed noise."""
-    config = tiny_config(dropout=0.3).with_overrides(train={"device": "cuda", "epochs": 4, "lr_patience": 0})
+    """Dropout and PE sign flips draw random numbers inside the graph: full fits land within seed noise."""
+    config = tiny_config(dropout=0.3).with_overrides(train={"device": "cuda", "epochs": 4})
     eager = Trainer(config, bbbp_small).fit(evaluate_test=False)
     graphed = Trainer(config.with_overrides(train={"cuda_graphs": True}), bbbp_small).fit(evaluate_test=False)
     assert abs(graphed.history[-1].train_loss - eager.history[-1].train_loss) < 0.1
     assert abs(graphed.best_valid - eager.best_valid) < 0.15
-    assert min(r.lr for r in graphed.history) < config.train.lr  # the scheduler reached the captured Adam
+
+
+@cuda
+def test_a_captured_step_follows_the_schedulers_learning_rate(bbbp_small):
+    """The plateau scheduler writes into the very tensor whose memory the captured Adam reads."""
+    trainer = Trainer(tiny_config().with_overrides(train={"device": "cuda", "cuda_graphs": True}), bbbp_small)
+    step = trainer.make_step(trainer.build_model())
+    step.model.train()
+    batch = next(trainer.data.batches(trainer.data.split["train"], 48, padded=True))
+    step(batch)  # captured with lr 1e-3
+    lr = step.optimizer.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(step.optimizer, factor=0.5, patience=0)
+    scheduler.step(1.0)
+    scheduler.step(2.0)  # worse: halve
+    assert step.optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(5e-4)
+    step(batch)
+    assert len(step.captured) == 1  # the same shape replays the same graph
 
 
 def test_bench_times_both_paths_and_profiles_a_step(moleculenet, tmp_path):
