@@ -247,7 +247,11 @@ def _resolve_source(spec: DatasetSpec) -> Path:
 
 
 def _download_ogb(name: str) -> Path:
-    """OGB's zip, fetched with ogb's own URL table and helpers; returns the extracted folder."""
+    """OGB's zip, fetched with ogb's own URL table and helpers; returns the extracted folder.
+
+    GGT_SEARCH_OGB_MIRROR=URL fetches the same file names from a mirror (or a local copy
+    served over HTTP) instead of OGB's servers.
+    """
     import ogb.graphproppred as ogb_graph
     from ogb.utils.url import download_url, extract_zip
 
@@ -257,7 +261,10 @@ def _download_ogb(name: str) -> Path:
         return folder
     meta = pd.read_csv(Path(ogb_graph.__file__).parent / "master.csv", index_col=0, keep_default_na=False)[name]
     try:
-        zip_path = download_url(meta["url"], str(root))
+        url = meta["url"]
+        if os.environ.get("GGT_SEARCH_OGB_MIRROR"):
+            url = os.environ["GGT_SEARCH_OGB_MIRROR"].rstrip("/") + "/" + url.rsplit("/", 1)[1]
+        zip_path = download_url(url, str(root))
     except Exception as error:  # urllib raises several kinds; all mean the same to the user
         table = OGB_DATASETS[name].moleculenet_file
         hint = f"; build it offline with --source PATH/{table}" if table else ""

@@ -1,3 +1,5 @@
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -61,6 +63,32 @@ def test_ogb_download_layout_is_read_and_reloaded(bbbp):
             own = {tuple(e) for e in bbbp.edges[:, bbbp.edge_ptr[g]:bbbp.edge_ptr[g + 1]].T.tolist()}
             read = {tuple(e) for e in official.edges[:, official.edge_ptr[g]:official.edge_ptr[g + 1]].T.tolist()}
             assert own == read
+
+
+def test_ogb_download_is_fetched_extracted_and_cached(bbbp, tmp_path, monkeypatch):
+    """The download path end to end, against a local HTTP server holding OGB's zip layout."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    _write_ogb_raw(bbbp, tmp_path / "zip" / "bbbp")
+    shutil.make_archive(str(served / "bbbp"), "zip", tmp_path / "zip")  # bbbp.zip holding bbbp/raw, bbbp/split
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GGT_SEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GGT_SEARCH_OGB_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        downloaded = load_dataset("ogbg-molbbbp")
+        assert torch.equal(downloaded.atoms, bbbp.atoms) and torch.equal(downloaded.split["test"], bbbp.split["test"])
+        assert not list((tmp_path / "cache" / "ogb").glob("*.zip"))  # the zip is removed once extracted
+        (served / "bbbp.zip").unlink()
+        assert torch.equal(load_dataset("ogbg-molbbbp").y.nan_to_num(), bbbp.y.nan_to_num())  # cached: no second fetch
+        with pytest.raises(UserError, match=r"could not download ogbg-moltox21 from OGB \(HTTPError\); build it offline with --source PATH/tox21.csv"):
+            load_dataset("ogbg-moltox21")  # not on the mirror
+    finally:
+        server.shutdown()
 
 
 def _tox21_slice(moleculenet, tmp_path, rows=60, edit=None):
