@@ -94,8 +94,8 @@ class DeviceGraphs:
         nodes, node_graph, first_atom = padded_ranges(self.node_ptr, graphs, node_budget, slots)
         edges, edge_graph, _ = padded_ranges(self.edge_ptr, graphs, edge_budget, slots)
         node_mask, edge_mask = node_graph < slots, edge_graph < slots
-        padding_atom = torch.tensor(node_budget - 1, device=self.device)
-        edge_index = torch.where(edge_mask, self.edges[:, edges] + first_atom[edge_graph.clamp(max=len(graphs) - 1)], padding_atom)
+        # A Python scalar, not torch.tensor(...): copying a host tensor to the GPU would sync.
+        edge_index = torch.where(edge_mask, self.edges[:, edges] + first_atom[edge_graph.clamp(max=len(graphs) - 1)], node_budget - 1)
         y = self.y.new_full((slots, self.y.shape[1]), float("nan"))
         y[: len(graphs)] = self.y[graphs]
         graph_mask = torch.arange(slots + 1, device=self.device) < len(graphs)
