@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ggt_search.batching import DeviceGraphs, round_up
 from ggt_search.config import RunConfig
@@ -15,6 +16,7 @@ from ggt_search.model import GatedGraphTransformer, ModelConfig, in_degree_histo
 from ggt_search.train import CUDAGraphStep, Trainer, TrainStep, undone
 from tests.conftest import tiny_config
 
+aten = torch.ops.aten
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run bench/gpu.sh on the GPU machine)")
 
 
@@ -98,6 +100,36 @@ def test_padded_shapes_repeat_across_epochs(bbbp):
             rows += len(batch.atoms)
     assert len(shapes) <= 3
     assert real_rows / rows > 0.85, real_rows / rows  # padding stays small
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on the aten ops that would make a GPU wait for the host: reading a value back,
+    or an output shape that depends on the data. A CPU stand-in for CUDA's sync debug mode."""
+
+    SYNCING = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.unique_consecutive.default,
+               aten._unique2.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        boolean_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        unsized_repeat = func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None
+        if func in self.SYNCING or boolean_index or unsized_repeat:
+            raise AssertionError(f"{func} would sync with the host")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fields", [{}, {"norm": "graph", "virtual_node": True, "pe_sign_flip": "graph"}, {"conv": "gcn", "aggregation": "pna"}])
+def test_a_padded_step_never_waits_for_the_host(bbbp_small, fields):
+    """Batch building, forward, loss and backward of a padded batch: no value read back, no data-dependent shape."""
+    trainer = Trainer(tiny_config(dropout=0.2, **fields), bbbp_small)
+    model = trainer.build_model().train()
+    batches = trainer.data.batches(trainer.data.split["train"], 48, shuffle=True, padded=True)
+    next(batches)  # the epoch's one sync: its budget
+    with NoHostSync():
+        for batch in batches:
+            trainer.loss(model, batch).backward()
+    with pytest.raises(AssertionError, match="would sync"), NoHostSync():  # the unpadded path does sync
+        trainer.loss(model, trainer.data.batch(trainer.data.split["train"][:48]))
 
 
 def test_round_up_pads_at_most_a_sixteenth():
