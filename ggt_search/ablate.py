@@ -108,20 +108,17 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
 
 
-def enqueue_missing(study: optuna.Study, ablation: Ablation) -> int:
+def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
     """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
     def pair(trial) -> tuple:  # a queued trial holds its pair in fixed_params; a retried one in params too
         params = trial.params or trial.system_attrs.get("fixed_params", {})
         return params.get("variant"), params.get("seed")
 
     taken = {pair(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
-    count = 0
     for variant in [BASELINE, *ablation.variants]:
         for seed in ablation.seeds:
             if (variant, seed) not in taken:
                 study.enqueue_trial({"variant": variant, "seed": seed})
-                count += 1
-    return count
 
 
 def _taken_by_another(trial: optuna.Trial, variant: str, seed: int) -> bool:

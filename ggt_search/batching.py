@@ -20,7 +20,7 @@ import torch
 from torch_geometric.utils import scatter
 
 from ggt_search.datasets import GraphSet
-from ggt_search.indexing import counts_to_ptr, ranges
+from ggt_search.indexing import counts_to_ptr, padded_ranges, ptr_to_counts, ranges
 
 
 @dataclass
@@ -61,8 +61,7 @@ class DeviceGraphs:
         self.node_ptr, self.edge_ptr, self.y = to(graphs.node_ptr), to(graphs.edge_ptr), to(graphs.y)
         self.pe = to(graphs.load_pe(pe_dim)[:, :pe_dim].contiguous()) if pe_dim else None
         self.split = {name: to(idx) for name, idx in graphs.split.items()}
-        self.num_nodes = self.node_ptr[1:] - self.node_ptr[:-1]
-        self.num_edges = self.edge_ptr[1:] - self.edge_ptr[:-1]
+        self.num_nodes, self.num_edges = ptr_to_counts(self.node_ptr), ptr_to_counts(self.edge_ptr)
         self.budget = (0, 0)  # the padded batches' (nodes, edges): only ever grows, so shapes repeat
 
     def batch(self, graphs: torch.Tensor) -> Batch:
@@ -131,21 +130,6 @@ class DeviceGraphs:
         atoms = scatter(self.num_nodes[order], batch_of, reduce="sum")
         bonds = scatter(self.num_edges[order], batch_of, reduce="sum")
         return tuple(torch.stack([atoms.max(), bonds.max()]).tolist())
-
-
-def padded_ranges(ptr: torch.Tensor, graphs: torch.Tensor, size: int, pad_slot: int):
-    """`ranges(ptr, graphs)` padded to `size` rows, plus each row's slot (padding: `pad_slot`).
-
-    Returns (rows, slot, start): rows index the dataset (padding rows read row 0), and
-    start[g] is where graph g's rows begin in the batch.
-    """
-    counts = ptr[graphs + 1] - ptr[graphs]
-    start = counts_to_ptr(counts)
-    position = torch.arange(size, device=ptr.device)
-    slot = (torch.searchsorted(start, position, right=True) - 1).clamp(max=len(graphs) - 1)
-    real = position < start[-1]
-    rows = torch.where(real, ptr[graphs[slot]] + position - start[slot], 0)
-    return rows, torch.where(real, slot, pad_slot), start
 
 
 def round_up(count: int) -> int:

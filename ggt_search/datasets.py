@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from ggt_search.errors import UserError
-from ggt_search.indexing import counts_to_ptr, ranges
+from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
 from ggt_search.molecules import featurize, random_split, scaffold_split
 from ggt_search.positional import laplacian_pe
 
@@ -119,10 +119,10 @@ class GraphSet:
         return self.y.shape[1]
 
     def num_nodes(self) -> torch.Tensor:
-        return self.node_ptr[1:] - self.node_ptr[:-1]
+        return ptr_to_counts(self.node_ptr)
 
     def num_edges(self) -> torch.Tensor:
-        return self.edge_ptr[1:] - self.edge_ptr[:-1]
+        return ptr_to_counts(self.edge_ptr)
 
     def load_pe(self, k: int) -> torch.Tensor:
         """Laplacian PE with at least k columns, from the cache or computed once and cached."""

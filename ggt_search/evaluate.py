@@ -42,15 +42,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int = 1) -> dict:
     """Train `config` once per seed (in `workers` processes sharing the device), then summarise."""
     out.mkdir(parents=True, exist_ok=True)
+    result_file = lambda seed: out / f"seed-{seed}" / "result.json"  # noqa: E731  (RunLog writes it last)
     todo = []
     for seed in seeds:
-        if (out / f"seed-{seed}" / "result.json").exists():
-            print(f"seed {seed}: done already ({out / f'seed-{seed}' / 'result.json'})")
+        if result_file(seed).exists():
+            print(f"seed {seed}: done already ({result_file(seed)})")
         else:
             todo.append(seed)
     if todo:
-        run_workers(_train_seeds, (config, todo, out, min(workers, len(todo))), min(workers, len(todo)), config.train.device)
-    results = {seed: json.loads((out / f"seed-{seed}" / "result.json").read_text()) for seed in seeds}
+        workers = min(workers, len(todo))
+        run_workers(_train_seeds, (config, todo, out, workers), workers, config.train.device)
+    results = {seed: json.loads(result_file(seed).read_text()) for seed in seeds}
     summary = summarise(config, results, environment(resolve_device(config.train.device))["hardware"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(summary))

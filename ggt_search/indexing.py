@@ -1,4 +1,4 @@
-"""Index arithmetic on flat graph tensors: the two helpers every gather in the code uses."""
+"""Index arithmetic on flat graph tensors: the helpers every gather in the code uses."""
 
 import torch
 
@@ -8,13 +8,33 @@ def counts_to_ptr(counts: torch.Tensor) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def ranges(ptr: torch.Tensor, graphs: torch.Tensor, total: int | None = None) -> torch.Tensor:
+def ptr_to_counts(ptr: torch.Tensor) -> torch.Tensor:
+    """The inverse of counts_to_ptr: how many rows each graph has."""
+    return ptr[1:] - ptr[:-1]
+
+
+def ranges(ptr: torch.Tensor, graphs: torch.Tensor) -> torch.Tensor:
     """Concatenated arange(ptr[g], ptr[g+1]) for g in graphs, without a Python loop.
 
-    `total` (the sum of the ranges' lengths) spares a device-to-host sync when known.
+    The output's length depends on the data, so on a GPU this reads it back (one sync);
+    `padded_ranges` is the sync-free, fixed-size version.
     """
     counts = ptr[graphs + 1] - ptr[graphs]
-    if total is None:
-        total = int(counts.sum())
+    total = int(counts.sum())
     starts = torch.repeat_interleave(ptr[graphs] - counts_to_ptr(counts)[:-1], counts, output_size=total)
     return starts + torch.arange(total, device=ptr.device)
+
+
+def padded_ranges(ptr: torch.Tensor, graphs: torch.Tensor, size: int, pad_slot: int):
+    """`ranges(ptr, graphs)` padded to `size` rows, plus each row's slot (padding: `pad_slot`).
+
+    Returns (rows, slot, start): rows index the dataset (padding rows read row 0), and
+    start[g] is where graph g's rows begin in the batch.
+    """
+    counts = ptr[graphs + 1] - ptr[graphs]
+    start = counts_to_ptr(counts)
+    position = torch.arange(size, device=ptr.device)
+    slot = (torch.searchsorted(start, position, right=True) - 1).clamp(max=len(graphs) - 1)
+    real = position < start[-1]
+    rows = torch.where(real, ptr[graphs[slot]] + position - start[slot], 0)
+    return rows, torch.where(real, slot, pad_slot), start

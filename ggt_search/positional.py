@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from ggt_search.indexing import ranges
+from ggt_search.indexing import ptr_to_counts, ranges
 
 ZERO_EIGENVALUE = 1e-6
 
 
 def laplacian_pe(edges: torch.Tensor, node_ptr: torch.Tensor, edge_ptr: torch.Tensor, k: int) -> torch.Tensor:
     """[num_nodes, k] float32 eigenvectors; `edges` holds per-graph (local) atom indices."""
-    num_nodes = node_ptr[1:] - node_ptr[:-1]
+    num_nodes = ptr_to_counts(node_ptr)
     pe = torch.zeros(int(node_ptr[-1]), k, dtype=torch.float32)
     if k == 0:
         return pe
