@@ -94,7 +94,7 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.train.device)
         if config.train.cuda_graphs and self.device.type != "cuda":
-            raise UserError(f"train.cuda_graphs needs a CUDA device, not {self.device}; set train.cuda_graphs: false")
+            raise UserError(f"train.cuda_graphs needs a CUDA device, not {self.device}; drop --cuda-graphs (or set train.cuda_graphs: false)")
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
         self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim)
         self.higher_is_better = HIGHER_IS_BETTER[self.graphs.metric]
