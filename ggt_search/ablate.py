@@ -10,20 +10,18 @@ with the best-validation weights, and stored beside the validation score.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from ggt_search.config import RunConfig, read_yaml_mapping
+from ggt_search.config import DEFAULT_STORAGE, RunConfig, read_yaml_mapping
 from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
-from ggt_search.evaluate import parse_seeds
+from ggt_search.final_evaluation import parse_seeds
 from ggt_search.metrics import HIGHER_IS_BETTER
-from ggt_search.study import DEFAULT_STORAGE, ProgressLine, SurplusTrial, open_storage, run_workers
-from ggt_search.train import Trainer, environment
+from ggt_search.runner import SurplusTrial, open_storage, run_trials, run_workers, running_note, train_trial
 
 BASELINE = "baseline"
 FILE_KEYS = {"idea", "question", "dataset", "baseline", "variants", "seeds", "epochs"}
@@ -47,16 +45,22 @@ class Ablation:
 def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None) -> Ablation:
     path = Path(path)
     values = read_yaml_mapping(path, "ablation", "with at least 'baseline' and 'variants'")
-    if not values.get("variants"):
-        raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
     unknown = set(values) - FILE_KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(FILE_KEYS))}")
-    base = dict(values.get("baseline") or {})
+    if values.get("baseline") is None:
+        raise UserError(f"ablation {path} has no 'baseline'; give the config every variant is compared with (model: and train: settings)")
+    if not values.get("variants"):
+        raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
+    base = dict(values["baseline"])  # {} is the default model, said on purpose
     base["dataset"] = dataset or values.get("dataset") or base.get("dataset") or "nci-tpsa"
-    if epochs or values.get("epochs"):
-        base.setdefault("train", {})["epochs"] = epochs or values["epochs"]
-    base_config = RunConfig.from_dict(base)
+    epochs = epochs if epochs is not None else values.get("epochs")
+    if epochs is not None:
+        base["train"] = {**(base.get("train") or {}), "epochs": epochs}
+    try:
+        base_config = RunConfig.from_dict(base)
+    except UserError as error:
+        raise UserError(f"{path}: baseline: {error}") from None
     variants = {}
     for name, change in values["variants"].items():
         if name == BASELINE:
@@ -87,7 +91,8 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     graphs = load_dataset(ablation.base.dataset)
     if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
         graphs.load_pe(0)
-    study = optuna.create_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat), load_if_exists=True,
+    storage = open_storage(settings.storage, settings.heartbeat)
+    study = optuna.create_study(study_name=settings.study, storage=storage, load_if_exists=True,
                                 direction="maximize" if HIGHER_IS_BETTER[graphs.metric] else "minimize",
                                 sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
     study.set_user_attr("kind", "ablation")
@@ -100,9 +105,9 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     optuna.storages.fail_stale_trials(study)
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {waiting} runs to do"
-          + (f"; {running} running in other workers (rerun after {4 * settings.heartbeat} s if those were killed)" if running else ""))
+    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {waiting} runs to do")
+    if not waiting and (note := running_note(study, storage, settings.heartbeat)):
+        print(note)
     if waiting:
         run_workers(_worker, settings, settings.workers, ablation.base.train.device)
     return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
@@ -121,40 +126,24 @@ def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
                 study.enqueue_trial({"variant": variant, "seed": seed})
 
 
-def _taken_by_another(trial: optuna.Trial, variant: str, seed: int) -> bool:
-    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    return any(t.number != trial.number and t.params.get("variant") == variant and t.params.get("seed") == seed for t in others)
-
-
 def _worker(settings: AblationSettings, worker: int, device: str) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ablation = settings.ablation
     graphs = load_dataset(ablation.base.dataset)
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat))
     variants = [BASELINE, *ablation.variants]
 
     def objective(trial: optuna.Trial) -> float:
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        if "fixed_params" not in frozen.system_attrs:  # not from the queue: it ran dry under two workers at once
+            trial.study.stop()
+            raise SurplusTrial("surplus: the ablation's queue was empty when this worker asked")
         variant = trial.suggest_categorical("variant", variants)
         seed = trial.suggest_int("seed", min(ablation.seeds), max(ablation.seeds))
-        if _taken_by_another(trial, variant, seed):  # the queue ran dry under two workers at once
-            trial.study.stop()
-            raise SurplusTrial(f"({variant}, seed {seed}) is already done or running")
         config = ablation.config(variant, seed).with_overrides(train={"device": device})
-        trial.set_user_attr("config", config.to_dict())
-        trainer = Trainer(config, graphs)
-        trial.set_user_attr("environment", environment(trainer.device))
-        start = time.perf_counter()
-        result = trainer.fit(on_epoch=lambda record: trial.report(record.valid_metric, record.epoch))
-        trial.set_user_attr("test", result.test)
-        trial.set_user_attr("parameters", result.parameters)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("seconds_per_epoch", (time.perf_counter() - start) / len(result.history))
-        trial.set_user_attr("curve", [r.valid_metric for r in result.history])
-        return result.best_valid
+        return train_trial(trial, config, graphs, final=True, prune=False).best_valid
 
-    def stop_when_queue_empty(study: optuna.Study, trial) -> None:
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            study.stop()
+    def queue_empty(study: optuna.Study) -> bool:
+        return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
-    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study.optimize(objective, catch=(Exception,), callbacks=[ProgressLine(None, worker), stop_when_queue_empty])
+    if not queue_empty(study):
+        run_trials(study, objective, n_trials=None, timeout=None, total=None, stop=queue_empty)

@@ -23,6 +23,16 @@ from ggt_search.datasets import GraphSet
 from ggt_search.indexing import counts_to_ptr, padded_ranges, ptr_to_counts, ranges
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Which graph each row (atom or bond) of a batch belongs to: what per-graph
+    normalisation and pooling need, in one object."""
+
+    index: torch.Tensor  # [rows] graph slot of each row (the padding slot for padding rows)
+    count: int  # number of slots, the padding slot included
+    mask: torch.Tensor | None  # [rows] True for real rows; None when every row is real
+
+
 @dataclass
 class Batch:
     atoms: torch.Tensor  # [n, 9]
@@ -43,6 +53,14 @@ class Batch:
     def num_segments(self) -> int:
         """Segments to pool into: the graph slots, plus the padding slot when padded."""
         return self.num_graphs + (self.node_mask is not None)
+
+    @property
+    def nodes(self) -> "Segments":
+        return Segments(self.node_graph, self.num_segments, self.node_mask)
+
+    @property
+    def edges(self) -> "Segments":
+        return Segments(self.edge_graph, self.num_segments, self.edge_mask)
 
     def shape(self) -> tuple[int, int, int]:
         return self.num_graphs, len(self.atoms), len(self.bonds)

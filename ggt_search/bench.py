@@ -134,45 +134,24 @@ def _train_graphs(trainer: Trainer, max_graphs: int | None) -> torch.Tensor:
 
 def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = None, baseline: bool = True,
               profile_out: Path | None = None, repeats: int = 3) -> dict:
-    # Dataset and PE cache, cold (a fresh cache folder) then warm.
-    with tempfile.TemporaryDirectory() as cold_cache:
-        previous = os.environ.get("GGT_SEARCH_CACHE")
-        os.environ["GGT_SEARCH_CACHE"] = cold_cache
-        tic = time.perf_counter()
-        load_dataset(config.dataset)
-        featurize_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        graphs = load_dataset(config.dataset)
-        graphs.load_pe(config.model.pe_dim)
-        pe_cold_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        graphs = load_dataset(config.dataset)
-        graphs.load_pe(config.model.pe_dim)
-        warm_s = time.perf_counter() - tic
-        if previous is None:
-            del os.environ["GGT_SEARCH_CACHE"]
-        else:
-            os.environ["GGT_SEARCH_CACHE"] = previous
-
-    graphs = load_dataset(config.dataset)  # from the user's cache: the cold one is gone
-    trainer = Trainer(config, graphs)
+    report = cache_build_times(config)
+    trainer = Trainer(config, load_dataset(config.dataset))  # from the user's cache: the cold one is gone
     train = _train_graphs(trainer, max_graphs)
     n = len(train)
-    paths = {"fast": (lambda: fast_batches(trainer, train), trainer.make_step(trainer.build_model()))}
+    fast_model = trainer.build_model()
+    paths = {"fast": (lambda: fast_batches(trainer, train), trainer.make_step(fast_model))}
     if baseline:  # the conventional loop: PyG batches, each step run eagerly
         paths["pyg"] = (lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size), TrainStep(trainer, trainer.build_model()))
     seconds = time_epochs(trainer, paths, repeats)
     report = {
         "device": environment(trainer.device)["hardware"],
-        "dataset": graphs.name,
+        "dataset": trainer.graphs.name,
         "graphs_per_epoch": n,
         "batch_size": config.train.batch_size,
         "precision": config.train.precision,
         "cuda_graphs": config.train.cuda_graphs,
-        "parameters": count_parameters(trainer.build_model()),
-        "featurize_cold_s": round(featurize_s, 2),
-        "pe_cold_s": round(pe_cold_s, 2),
-        "dataset_and_pe_warm_s": round(warm_s, 3),
+        "parameters": count_parameters(fast_model),
+    } | report | {
         "epochs_timed": repeats,
         "fast_graphs_per_s": round(n / seconds["fast"]),
         "peak_memory_mb": round(peak_memory_mb(trainer.device)),
@@ -186,19 +165,47 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
         profile_out.mkdir(parents=True, exist_ok=True)
         (profile_out / "profile.txt").write_text(table)
     if concurrent > 1:
-        context = mp.get_context("spawn")
-        barrier, results = context.Barrier(concurrent), context.Queue()
-        workers = [context.Process(target=_concurrent_worker, args=(config.to_dict(), max_graphs, barrier, results)) for _ in range(concurrent)]
-        for w in workers:
-            w.start()
-        spans = [results.get() for _ in workers]
-        for w in workers:
-            w.join()
-        wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-        report["concurrent"] = concurrent
-        report["concurrent_total_graphs_per_s"] = round(sum(count for _, _, count in spans) / wall)
-        report["concurrent_speedup_vs_one"] = round(report["concurrent_total_graphs_per_s"] / report["fast_graphs_per_s"], 2)
+        total = concurrent_graphs_per_s(config, concurrent, max_graphs)
+        report |= {"concurrent": concurrent, "concurrent_total_graphs_per_s": round(total),
+                   "concurrent_speedup_vs_one": round(total / report["fast_graphs_per_s"], 2)}
     return report
+
+
+def cache_build_times(config: RunConfig) -> dict:
+    """Seconds to featurize the dataset and compute its PEs into a fresh cache, then to load both warm."""
+    with tempfile.TemporaryDirectory() as cold_cache:
+        previous = os.environ.get("GGT_SEARCH_CACHE")
+        os.environ["GGT_SEARCH_CACHE"] = cold_cache
+        try:
+            tic = time.perf_counter()
+            load_dataset(config.dataset)
+            featurize_s = time.perf_counter() - tic
+            tic = time.perf_counter()
+            load_dataset(config.dataset).load_pe(config.model.pe_dim)
+            pe_cold_s = time.perf_counter() - tic
+            tic = time.perf_counter()
+            load_dataset(config.dataset).load_pe(config.model.pe_dim)
+            warm_s = time.perf_counter() - tic
+        finally:
+            if previous is None:
+                del os.environ["GGT_SEARCH_CACHE"]
+            else:
+                os.environ["GGT_SEARCH_CACHE"] = previous
+    return {"featurize_cold_s": round(featurize_s, 2), "pe_cold_s": round(pe_cold_s, 2), "dataset_and_pe_warm_s": round(warm_s, 3)}
+
+
+def concurrent_graphs_per_s(config: RunConfig, concurrent: int, max_graphs: int | None) -> float:
+    """Total training graphs/s of `concurrent` processes training at once on the same device."""
+    context = mp.get_context("spawn")
+    barrier, results = context.Barrier(concurrent), context.Queue()
+    workers = [context.Process(target=_concurrent_worker, args=(config.to_dict(), max_graphs, barrier, results)) for _ in range(concurrent)]
+    for w in workers:
+        w.start()
+    spans = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    return sum(count for _, _, count in spans) / wall
 
 
 def markdown(report: dict) -> str:

@@ -17,6 +17,36 @@ from ggt_search.errors import UserError
 DATASET_HELP = "ogbg-mol* name, nci-tpsa (embedded, no network), or a CSV path"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported on one line (argparse's own way adds the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def port_number(text: str) -> int:
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1-65535, got {value}")
+    return value
+
+
 def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", required=required, default=argparse.SUPPRESS, help=DATASET_HELP)
@@ -40,8 +70,7 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """--config FILE plus one flag per model and train field; given flags override the file."""
-    from ggt_search.config import TrainConfig
-    from ggt_search.model import CHOICES, ModelConfig
+    from ggt_search.config import CHOICES, ModelConfig, TrainConfig
 
     parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
     add_dataset_flags(parser)
@@ -65,7 +94,8 @@ def run_config(args: argparse.Namespace):
     if args.config:
         base = RunConfig.load(args.config)
     elif getattr(args, "from_study", None):
-        from ggt_search.study import DEFAULT_STORAGE, best_config
+        from ggt_search.config import DEFAULT_STORAGE
+        from ggt_search.study import best_config
 
         base = best_config(args.from_study, args.storage or DEFAULT_STORAGE)
     else:
@@ -86,8 +116,8 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from ggt_search.config import build
-    from ggt_search.datasets import DatasetSpec, load_dataset
+    from ggt_search.config import DatasetSpec, build
+    from ggt_search.datasets import load_dataset
 
     spec = build(DatasetSpec, dataset_overrides(args), "dataset")
     graphs = load_dataset(spec, rebuild=getattr(args, "rebuild", False))
@@ -100,6 +130,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from ggt_search.metrics import TRIVIAL
     from ggt_search.train import Trainer
 
     config = run_config(args)
@@ -114,11 +145,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = trainer.fit(out, on_epoch=show)
     print(f"best epoch {result.best_epoch}: valid {result.metric} {result.best_valid:.4f}, test {result.metric} {result.test:.4f}")
+    print(f"for scale, {TRIVIAL} scores valid {result.trivial['valid']:.4f}, test {result.trivial['test']:.4f}")
     print(f"run directory: {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ggt_search.evaluate import evaluate_seeds, parse_seeds, summary_markdown
+    from ggt_search.final_evaluation import evaluate_seeds, parse_seeds, summary_markdown
 
     config = run_config(args)
     name = args.from_study or f"{Path(config.dataset.name).stem}-{config.model.conv}"
@@ -177,92 +209,119 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    from ggt_search.study import DEFAULT_STORAGE
+    from ggt_search.config import DEFAULT_STORAGE
 
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage: SQLite file or any SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db (default {DEFAULT_STORAGE})")
     parser.add_argument("--artifacts", help="folder of the artifact store (best weights); default: beside the SQLite file, else ./artifacts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_worker_flags(parser: argparse.ArgumentParser, what: str, heartbeat: bool = True) -> None:
+    parser.add_argument("--workers", type=at_least(1), default=1,
+                        help=f"{what} at once, in worker processes (spread over GPUs; on a CPU each gets its share of the cores)")
+    if heartbeat:
+        parser.add_argument("--heartbeat", type=at_least(1), default=30,
+                            help="seconds between run heartbeats; a run silent for 4x this (its worker was killed) is retried")
 
+
+def add_data_command(commands) -> None:
     data = commands.add_parser("data", help="inspect or prepare a dataset")
-    data_actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    info = data_actions.add_parser("info", help="size, tasks, label coverage, split, atoms and bonds per graph")
-    info.add_argument("name", metavar="NAME|PATH", help=DATASET_HELP)
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = actions.add_parser("info", help="size, tasks, label coverage, split, atoms and bonds per graph")
     info.add_argument("--json", action="store_true", help="print JSON")
-    build = data_actions.add_parser("build", help="featurize and cache a dataset and its Laplacian PEs")
-    build.add_argument("name", metavar="NAME|PATH", help=DATASET_HELP)
-    build.add_argument("--pe-dim", type=int, default=20, help="PE columns to cache (default 20)")
+    build = actions.add_parser("build", help="featurize and cache a dataset and its Laplacian PEs")
+    build.add_argument("--pe-dim", type=at_least(0), default=20, help="PE columns to cache (default 20)")
     build.add_argument("--rebuild", action="store_true", help="ignore the cache")
     for sub in (info, build):
+        sub.add_argument("name", metavar="NAME|PATH", help=DATASET_HELP)
         add_dataset_flags(sub)
         sub.set_defaults(func=cmd_data)
 
+
+def add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train one model (the reference's defaults)")
     add_config_flags(train)
     train.add_argument("--out", type=Path, help="run directory (default runs/<dataset>-<conv>-seed<seed>)")
     train.set_defaults(func=cmd_train)
 
+
+def add_evaluate_command(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="train one config over several seeds and print OGB's summary")
     add_config_flags(evaluate)
     evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
-    evaluate.add_argument("--out", type=Path, help="output folder; finished seeds there are not rerun")
-    evaluate.add_argument("--workers", type=int, default=1, help="seeds trained at once, in worker processes (spread over GPUs)")
+    evaluate.add_argument("--out", type=Path, help="output folder; finished seeds of the same config there are not rerun")
+    add_worker_flags(evaluate, "seeds trained", heartbeat=False)
     evaluate.add_argument("--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)")
     evaluate.add_argument("--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def add_search_command(commands) -> None:
     search = commands.add_parser("search", help="run or resume an Optuna architecture search",
                                  description="Each trial samples a config from the space, trains it, reports the validation metric every epoch and may be pruned. The same command resumes the study.")
     search.add_argument("--study", required=True, help="study name (re-use it to resume or add trials)")
     search.add_argument("--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)")
-    search.add_argument("--trials", type=int, help="the study's total number of trials (default 20; rerun with more to add)")
+    search.add_argument("--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     search.add_argument("--sampler", choices=("tpe", "random", "grid", "gp"), default="tpe")
     search.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
-    search.add_argument("--workers", type=int, default=1, help="worker processes on this machine (spread over GPUs)")
-    search.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial's training")
-    search.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats; a trial silent for 4x this is failed and retried")
+    search.add_argument("--seed", type=at_least(0), default=0, help="seeds the sampler and every trial's training")
+    add_worker_flags(search, "trials trained")
     add_storage_flags(search)
     add_config_flags(search, skip=("seed",))
     search.set_defaults(func=cmd_search)
 
+
+def add_dashboard_command(commands) -> None:
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
     add_storage_flags(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--port", type=port_number, default=8080)
     dashboard.set_defaults(func=cmd_dashboard)
 
+
+def add_ablate_command(commands) -> None:
     ablate = commands.add_parser("ablate", help="run a multi-seed ablation (ablations/*.yaml) as an Optuna study")
     ablate.add_argument("file", type=Path, help="ablation definition, e.g. ablations/convolution.yaml")
     ablate.add_argument("--study", help="study name (default: the file's name)")
     ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
-    ablate.add_argument("--epochs", type=int, help="override the file's epoch budget")
+    ablate.add_argument("--epochs", type=at_least(1), help="override the file's epoch budget")
     ablate.add_argument("--device", help="training device (default auto)")
-    ablate.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    ablate.add_argument("--heartbeat", type=int, default=30, help="seconds between run heartbeats; a run silent for 4x this is rerun")
+    add_worker_flags(ablate, "runs trained")
     add_storage_flags(ablate)
     add_dataset_flags(ablate)
     ablate.set_defaults(func=cmd_ablate)
 
+
+def add_report_command(commands) -> None:
     report = commands.add_parser("report", help="write an HTML + Markdown report of ablation and search studies")
     report.add_argument("studies", nargs="+", metavar="STUDY")
     report.add_argument("--out", type=Path, help="output folder (default reports/<study names>)")
     add_storage_flags(report)
     report.set_defaults(func=cmd_report)
 
+
+def add_bench_command(commands) -> None:
     bench = commands.add_parser("bench", help="training throughput: device-resident batches vs PyG DataLoader",
                                 description="Times one training epoch (after warm-up) of the given model on the given dataset, by both data paths, plus dataset/PE cache build times. Example: ggt-search bench --dataset ogbg-molhiv --source ../shared/data/moleculenet")
     add_config_flags(bench)
-    bench.add_argument("--concurrent", type=int, default=1, help="also run K trainings at once on the device and report total graphs/s")
-    bench.add_argument("--max-graphs", type=int, help="time only this many training graphs (for slow CPUs)")
+    bench.add_argument("--concurrent", type=at_least(1), default=1, help="also run K trainings at once on the device and report total graphs/s")
+    bench.add_argument("--max-graphs", type=at_least(2), help="time only this many training graphs (for slow CPUs)")
     bench.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
-    bench.add_argument("--repeats", type=int, default=3, help="timed epochs per path, taking turns; the fastest counts (default 3)")
+    bench.add_argument("--repeats", type=at_least(1), default=3, help="timed epochs per path, taking turns; the fastest counts (default 3)")
     bench.add_argument("--profile", action="store_true", help="also profile 20 steps: wall vs device time per step, launches, syncs (profile.txt)")
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
+
+
+COMMANDS = (add_data_command, add_train_command, add_evaluate_command, add_search_command, add_dashboard_command,
+            add_ablate_command, add_report_command, add_bench_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(commands)
     return parser
 
 
@@ -276,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("stopped: what had finished is recorded; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
 

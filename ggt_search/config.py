@@ -4,19 +4,139 @@
     model:   {conv: gated-gcn, layers: 5, hidden: 128, pe_dim: 10, ...}
     train:   {epochs: 50, batch_size: 256, lr: 0.001, seed: 0, ...}
 
-Every key is checked: a typo is an error naming the key, never a silently ignored value.
+Every key and every value is checked when a config is made: a typo, a value of the wrong
+type (`residual: "no"`, `layers: true`) or out of range (`lr: inf`) is one error naming
+the field, never a silently ignored or misread value.
+
+This module imports neither torch nor pandas, so `--help` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from ggt_search.datasets import EMBEDDED, DatasetSpec
 from ggt_search.errors import UserError
-from ggt_search.model import ModelConfig
+
+EMBEDDED = "nci-tpsa"  # the dataset shipped inside RDKit's wheel: no network, no files
+DEFAULT_STORAGE = "sqlite:///ggt-search.db"
+
+CHOICES = {
+    "conv": ("gated-gcn", "gcn", "mlp"),
+    "norm": ("batch", "layer", "graph", "none"),
+    "norm_position": ("pre", "post"),
+    "pe_sign_flip": ("off", "batch", "graph"),
+    "pe_injection": ("concat-mlp", "add"),
+    "aggregation": ("gated", "pna"),
+    "pooling": ("mean", "sum", "max"),
+}
+
+
+def check_fields(config, section: str) -> None:
+    """Each field's value has its annotated type (bool is not an int, floats are finite)."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise UserError(f"{section}.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _has_type(value, hint) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list | tuple) and all(_has_type(v, typing.get_args(hint)[0]) for v in value)
+    raise TypeError(f"no check for config type {hint}")
+
+
+def _describe(hint) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    return " or ".join(_describe(option) for option in typing.get_args(hint))
+
+
+def check_choices(config, section: str, choices: dict[str, tuple]) -> None:
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise UserError(f"{section}.{name} = {getattr(config, name)!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def check_at_least(config, section: str, bounds: dict[str, int | float]) -> None:
+    for name, low in bounds.items():
+        if getattr(config, name) < low:
+            raise UserError(f"{section}.{name} must be >= {low}, got {getattr(config, name)!r}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that decides a dataset's content; its hash names the cache entry."""
+
+    name: str  # an OGB name, "nci-tpsa", or a path to the user's CSV
+    source: str | None = None  # MoleculeNet table (file or folder) for an offline OGB build
+    smiles_column: str | None = None
+    target_columns: tuple[str, ...] | None = None
+    task_type: str | None = None  # classification | regression; inferred when None
+    split: str = "scaffold"  # scaffold | random (own CSV only; OGB sets use OGB's)
+    split_seed: int = 0
+    invalid_smiles: str = "fail"  # fail | skip
+
+    def __post_init__(self):
+        check_fields(self, "dataset")
+        if self.target_columns is not None:  # YAML gives a list; a tuple keeps the spec hashable
+            object.__setattr__(self, "target_columns", tuple(self.target_columns))
+        check_choices(self, "dataset", {"split": ("scaffold", "random"), "invalid_smiles": ("fail", "skip"),
+                                        "task_type": (None, "classification", "regression")})
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class ModelConfig:
+    """The architecture; `model.py`'s docstring maps each documented idea to its field(s)."""
+
+    conv: str = "gated-gcn"
+    norm: str = "batch"
+    norm_position: str = "pre"
+    residual: bool = True
+    ffn: bool = True
+    ffn_ratio: int = 4
+    pe_dim: int = 10
+    pe_sign_flip: str = "batch"
+    pe_injection: str = "concat-mlp"
+    aggregation: str = "gated"
+    virtual_node: bool = False
+    pooling: str = "mean"
+    layers: int = 5
+    hidden: int = 128
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        check_fields(self, "model")
+        check_choices(self, "model", CHOICES)
+        check_at_least(self, "model", {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0})
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.aggregation == "pna" and self.conv == "mlp":
+            raise UserError("model.aggregation 'pna' needs message passing; it cannot go with conv 'mlp'")
 
 
 @dataclass
@@ -36,15 +156,16 @@ class TrainConfig:
     cuda_graphs: bool = False  # replay each training step as a CUDA graph on padded fixed-shape batches
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"train.precision = {self.precision!r} is not one of fp32, bf16, fp16")
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(f"train.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.cuda_graphs and self.precision == "fp16":
-            raise UserError("train.cuda_graphs cannot go with fp16 (its loss scaler syncs with the host); use bf16")
+        check_fields(self, "train")
+        check_choices(self, "train", {"precision": ("fp32", "bf16", "fp16")})
+        # A batch of one graph is skipped (BatchNorm cannot normalise one sample): batch_size 1 would train nothing.
+        check_at_least(self, "train", {"epochs": 1, "batch_size": 2, "weight_decay": 0, "lr_patience": 0, "seed": 0})
         if not self.lr > 0:
             raise UserError(f"train.lr must be positive, got {self.lr!r}")
+        if not 0 < self.lr_factor < 1:
+            raise UserError(f"train.lr_factor must be in (0, 1), got {self.lr_factor!r}")
+        if self.cuda_graphs and self.precision == "fp16":
+            raise UserError("train.cuda_graphs cannot go with fp16 (its loss scaler syncs with the host); use bf16")
 
 
 @dataclass
@@ -96,7 +217,7 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
 
 
 def build(cls, values: dict, section: str):
-    """cls(**values), with unknown keys and wrong types reported by name."""
+    """cls(**values), with unknown keys, missing keys and wrong values reported by name."""
     if not isinstance(values, dict):
         raise UserError(f"config section {section!r} must be a mapping, got {values!r}")
     known = {f.name for f in fields(cls)}

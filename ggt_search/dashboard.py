@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import socket
 
 from optuna.artifacts import FileSystemArtifactStore
 
 from ggt_search.errors import UserError
-from ggt_search.study import SearchSettings, open_storage
+from ggt_search.runner import open_storage
+from ggt_search.study import SearchSettings
 
 
 def serve(storage: str, artifacts: str | None, host: str, port: int) -> None:
     from optuna_dashboard import run_server
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no study storage at {storage}; run `ggt-search search` first or pass --storage")
+    store = open_storage(storage, must_exist=True)
+    check_port_free(host, port)
     artifact_dir = SearchSettings(study="", base=None, storage=storage, artifacts=artifacts).artifact_dir()
-    store = FileSystemArtifactStore(str(artifact_dir)) if artifact_dir.exists() else None
+    artifact_store = FileSystemArtifactStore(str(artifact_dir)) if artifact_dir.exists() else None
     print(f"optuna-dashboard: http://{host}:{port}/dashboard  (storage {storage}; Ctrl-C stops it)", flush=True)
     try:
-        run_server(open_storage(storage), host=host, port=port, artifact_store=store)
+        run_server(store, host=host, port=port, artifact_store=artifact_store)
     except KeyboardInterrupt:  # optuna-dashboard catches Ctrl-C itself in some versions, not in others
         pass
     print("dashboard stopped")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with one line now, rather than with a server traceback, when the port cannot be had."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"cannot serve on {host}:{port} ({error.strerror}); pick another port with --port") from None

@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -30,12 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ggt_search.config import EMBEDDED, DatasetSpec
 from ggt_search.errors import UserError
 from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
 from ggt_search.molecules import featurize, random_split, scaffold_split
 from ggt_search.positional import laplacian_pe
 
-FEATURIZATION_VERSION = 1  # bump when molecules.py changes what a graph holds
+FEATURIZATION_VERSION = 2  # bump when molecules.py changes what a graph holds or how it is split
 SPLITS = ("train", "valid", "test")
 DEFAULT_PE_CACHE_DIM = 20  # largest k of the default search space; smaller k slice it
 
@@ -43,52 +45,25 @@ DEFAULT_PE_CACHE_DIM = 20  # largest k of the default search space; smaller k sl
 @dataclass(frozen=True)
 class OgbSet:
     metric: str
-    moleculenet_file: str | None = None  # offline source in ../shared/data/moleculenet
-    targets: tuple[str, ...] | None = None  # columns of that file, in OGB's task order
+    moleculenet_file: str | None = None  # the MoleculeNet table it was built from (offline builds)
+    smiles_column: str = "smiles"  # that table's SMILES column
+    targets: tuple[str, ...] | None = None  # that table's label columns, in OGB's task order (None: all others)
 
 
 OGB_DATASETS = {
-    "ogbg-molhiv": OgbSet("rocauc", "HIV.csv.gz"),
+    "ogbg-molhiv": OgbSet("rocauc", "HIV.csv.gz", targets=("HIV_active",)),
     "ogbg-molpcba": OgbSet("ap"),
     "ogbg-molmuv": OgbSet("ap", "muv.csv.gz"),
     "ogbg-moltox21": OgbSet("rocauc", "tox21.csv"),
     "ogbg-moltoxcast": OgbSet("rocauc", "toxcast.csv.gz"),
-    "ogbg-molbbbp": OgbSet("rocauc", "BBBP.csv"),
-    "ogbg-molbace": OgbSet("rocauc"),
-    "ogbg-molclintox": OgbSet("rocauc", "clintox.csv"),
-    "ogbg-molsider": OgbSet("rocauc"),
+    "ogbg-molbbbp": OgbSet("rocauc", "BBBP.csv", targets=("p_np",)),
+    "ogbg-molbace": OgbSet("rocauc", "bace.csv", smiles_column="mol", targets=("Class",)),
+    "ogbg-molclintox": OgbSet("rocauc", "clintox.csv", targets=("FDA_APPROVED", "CT_TOX")),
+    "ogbg-molsider": OgbSet("rocauc", "sider.csv"),
     "ogbg-molesol": OgbSet("rmse", "delaney.csv"),
     "ogbg-molfreesolv": OgbSet("rmse", "freesolv.csv"),
-    "ogbg-mollipo": OgbSet("rmse"),
+    "ogbg-mollipo": OgbSet("rmse", "Lipophilicity.csv", targets=("exp",)),
 }
-EMBEDDED = "nci-tpsa"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything that decides a dataset's content; its hash names the cache entry."""
-
-    name: str  # an OGB name, "nci-tpsa", or a path to the user's CSV
-    source: str | None = None  # MoleculeNet table (file or folder) for an offline OGB build
-    smiles_column: str | None = None
-    target_columns: tuple[str, ...] | None = None
-    task_type: str | None = None  # classification | regression; inferred when None
-    split: str = "scaffold"  # scaffold | random (own CSV only; OGB sets use OGB's)
-    split_seed: int = 0
-    invalid_smiles: str = "fail"  # fail | skip
-
-    def __post_init__(self):
-        if self.target_columns is not None:  # YAML gives a list; a tuple keeps the spec hashable
-            object.__setattr__(self, "target_columns", tuple(self.target_columns))
-        if self.split not in ("scaffold", "random"):
-            raise UserError(f"dataset.split = {self.split!r} is not one of scaffold, random")
-        if self.invalid_smiles not in ("fail", "skip"):
-            raise UserError(f"dataset.invalid_smiles = {self.invalid_smiles!r} is not one of fail, skip")
-        if self.task_type not in (None, "classification", "regression"):
-            raise UserError(f"dataset.task_type = {self.task_type!r} is not one of classification, regression")
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -128,12 +103,11 @@ class GraphSet:
         """Laplacian PE with at least k columns, from the cache or computed once and cached."""
         k_cached = max(k, DEFAULT_PE_CACHE_DIM)
         path = self.cache_dir / f"pe-k{k_cached}.pt" if self.cache_dir else None
-        if path is not None and path.exists():
-            self.pe = torch.load(path, weights_only=True)
-        else:
+        self.pe = _load_verified(path) if path is not None else None
+        if self.pe is None:
             self.pe = laplacian_pe(self.edges, self.node_ptr, self.edge_ptr, k_cached)
             if path is not None:
-                _atomic_save(self.pe, path)
+                _save_verified(self.pe, path)
         return self.pe
 
     def subset(self, graphs: torch.Tensor) -> "GraphSet":
@@ -174,11 +148,34 @@ def cache_root() -> Path:
     return Path(os.environ.get("GGT_SEARCH_CACHE", Path.home() / ".cache" / "ggt-search"))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    # Write then rename, so a run killed mid-write never leaves a truncated cache file.
+def _save_verified(obj, path: Path) -> None:
+    """torch.save, then the file's sha256 beside it (`graphs.pt.sha256`).
+
+    Written then renamed, so a run killed mid-write never leaves a truncated file under the
+    real name; the checksum is written last, so a file without a matching one is never trusted.
+    """
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
+    digest = _sha256(tmp)
     os.replace(tmp, path)
+    checksum = _checksum_file(path)
+    checksum.with_suffix(f".tmp{os.getpid()}").write_text(digest)
+    os.replace(checksum.with_suffix(f".tmp{os.getpid()}"), checksum)
+
+
+def _load_verified(path: Path):
+    """The cached object, or None when it must be (re)built: missing, or failing its checksum (said in one line)."""
+    if not path.exists():
+        return None
+    checksum = _checksum_file(path)
+    if not checksum.exists() or checksum.read_text().strip() != _sha256(path):
+        print(f"warning: cache file {path} is damaged (its checksum does not match); rebuilding it", file=sys.stderr)
+        return None
+    return torch.load(path, weights_only=True)
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def _sha256(path: Path) -> str:
@@ -205,8 +202,8 @@ def load_dataset(spec: DatasetSpec | str, *, rebuild: bool = False) -> GraphSet:
     key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, content, checksum], sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / f"{Path(spec.name).stem}-{key}"
     path = folder / "graphs.pt"
-    if path.exists() and not rebuild:
-        stored = torch.load(path, weights_only=True)
+    stored = None if rebuild else _load_verified(path)
+    if stored is not None:
         return GraphSet(**stored, cache_dir=folder)
     if source.is_file():
         graphs = _build_from_table(spec, source)
@@ -217,7 +214,7 @@ def load_dataset(spec: DatasetSpec | str, *, rebuild: bool = False) -> GraphSet:
     for stale in folder.glob("pe-k*.pt"):
         stale.unlink()
     stored = {k: v for k, v in graphs.__dict__.items() if k not in ("cache_dir", "pe")}
-    _atomic_save(stored, path)
+    _save_verified(stored, path)
     graphs.cache_dir = folder
     return graphs
 
@@ -315,19 +312,26 @@ def _read_table(spec: DatasetSpec, path: Path) -> tuple[pd.Series, pd.DataFrame]
             frame = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise UserError(f"cannot read {path} as CSV: {str(error).splitlines()[0]}") from None
-    smiles_column = spec.smiles_column or next((c for c in frame.columns if c.lower() == "smiles"), None)
+    known = OGB_DATASETS.get(spec.name)  # an OGB name built offline knows its table's columns
+    default_smiles = known.smiles_column if known else "smiles"
+    smiles_column = spec.smiles_column or next((c for c in frame.columns if str(c).lower() == default_smiles.lower()), None)
     if smiles_column is None:
-        raise UserError(f"{path} has no 'smiles' column; name it with --smiles-column (columns: {', '.join(map(str, frame.columns))})")
-    targets = list(spec.target_columns or [c for c in frame.columns if c != smiles_column])
+        raise UserError(f"{path} has no {default_smiles!r} column; name it with --smiles-column (columns: {', '.join(map(str, frame.columns))})")
+    targets = list(spec.target_columns or (known.targets if known and known.targets else [c for c in frame.columns if c != smiles_column]))
     missing = [c for c in [smiles_column, *targets] if c not in frame.columns]
     if missing:
         raise UserError(f"{path} has no column(s) {missing}; columns are: {', '.join(map(str, frame.columns))}")
     if not targets:
         raise UserError(f"{path} has no target column besides {smiles_column!r}")
+    if frame.empty:
+        raise UserError(f"{path} has a header but no rows; add molecules (one SMILES and its labels per row)")
     labels = frame[targets].apply(pd.to_numeric, errors="coerce")
     bad = [c for c in targets if labels[c].isna().sum() > frame[c].isna().sum()]
     if bad:
         raise UserError(f"target column(s) {bad} of {path} hold non-numeric values; choose numeric columns with --targets")
+    empty = [c for c in targets if labels[c].isna().all()]
+    if empty:
+        raise UserError(f"target column(s) {empty} of {path} hold no labels at all; fill them or leave them out with --targets")
     return frame[smiles_column].astype(str), labels
 
 
@@ -358,6 +362,7 @@ def _build_from_table(spec: DatasetSpec, path: Path) -> GraphSet:
             raise UserError(f"--task-type classification needs 0/1 labels, but {path} has others; use --task-type regression")
         metric = "rocauc" if task_type == "classification" else "rmse"
         split = scaffold_split([g.scaffold for g in graphs]) if spec.split == "scaffold" else random_split(len(graphs), spec.split_seed)
+    _check_split(path, spec, y, split, metric)
 
     num_nodes = torch.tensor([len(g.atoms) for g in graphs])
     num_edges = torch.tensor([g.edges.shape[1] for g in graphs])
@@ -374,6 +379,20 @@ def _build_from_table(spec: DatasetSpec, path: Path) -> GraphSet:
         y=torch.from_numpy(y),
         split={name: torch.from_numpy(idx).long() for name, idx in zip(SPLITS, split)},
     )
+
+
+def _check_split(path: Path, spec: DatasetSpec, y: np.ndarray, split, metric: str) -> None:
+    """Refuse, before any training, a split that cannot train or score: an empty part, or no scorable labels."""
+    fix = ("use more molecules, or --split random" if spec.split == "scaffold" else "use more molecules")
+    for name, rows in zip(SPLITS, split):
+        labelled = ~np.isnan(y[rows])
+        if not labelled.any():
+            held = "no molecules" if len(rows) == 0 else f"{len(rows)} molecules but no labels"
+            raise UserError(f"the {spec.split} split of {path} leaves {name} with {held}; {fix}")
+        if metric in ("rocauc", "ap") and name != "train":
+            both = [((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any()) for t in range(y.shape[1])]
+            if not any(both):
+                raise UserError(f"the {spec.split} split of {path} leaves {name} with one class only, so {metric} is undefined there; {fix}")
 
 
 class _Serial:

@@ -23,7 +23,7 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.
     """
     labelled = ~torch.isnan(y)
     y = torch.where(labelled, y, 0.0)
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 logits: the loss in fp32
     if task_type == "classification":
         per_entry = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
     else:
@@ -56,3 +56,18 @@ def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     if not per_task:
         raise ValueError(f"no task has both classes among labelled entries; {metric} is undefined")
     return float(np.mean(per_task))
+
+
+TRIVIAL = "the trivial baseline (every molecule predicted as the training labels' mean)"
+
+
+def trivial_score(graphs, split: str) -> float:
+    """The split's metric for a model that predicts the training labels' mean for every molecule.
+
+    What a model must beat to have learned anything: for regression the RMSE of the mean,
+    for ROC-AUC 0.5, for AP each task's positive rate.
+    """
+    y = graphs.y.numpy()
+    train_mean = np.nan_to_num(np.nanmean(y[graphs.split["train"].numpy()], axis=0))
+    truth = y[graphs.split[split].numpy()]
+    return score(graphs.metric, truth, np.broadcast_to(train_mean, truth.shape).copy(), graphs.name)

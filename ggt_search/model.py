@@ -24,8 +24,6 @@ virtual node, and a readout of [pool(h) || pool(e)]. The spec is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import nn
@@ -33,51 +31,9 @@ from torch_geometric.nn import GraphNorm, MessagePassing
 from torch_geometric.nn.aggr import DegreeScalerAggregation
 from torch_geometric.utils import scatter
 
-from ggt_search.batching import Batch
-from ggt_search.errors import UserError
+from ggt_search.batching import Batch, Segments
+from ggt_search.config import ModelConfig
 from ggt_search.indexing import ranges
-
-CHOICES = {
-    "conv": ("gated-gcn", "gcn", "mlp"),
-    "norm": ("batch", "layer", "graph", "none"),
-    "norm_position": ("pre", "post"),
-    "pe_sign_flip": ("off", "batch", "graph"),
-    "pe_injection": ("concat-mlp", "add"),
-    "aggregation": ("gated", "pna"),
-    "pooling": ("mean", "sum", "max"),
-}
-
-
-@dataclass
-class ModelConfig:
-    conv: str = "gated-gcn"
-    norm: str = "batch"
-    norm_position: str = "pre"
-    residual: bool = True
-    ffn: bool = True
-    ffn_ratio: int = 4
-    pe_dim: int = 10
-    pe_sign_flip: str = "batch"
-    pe_injection: str = "concat-mlp"
-    aggregation: str = "gated"
-    virtual_node: bool = False
-    pooling: str = "mean"
-    layers: int = 5
-    hidden: int = 128
-    dropout: float = 0.5
-
-    def __post_init__(self):
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"model.{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name, low in (("layers", 1), ("hidden", 1), ("ffn_ratio", 1), ("pe_dim", 0)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise UserError(f"model.{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.aggregation == "pna" and self.conv == "mlp":
-            raise UserError("model.aggregation 'pna' needs message passing; it cannot go with conv 'mlp'")
-
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics skip the rows a padded batch marks as padding.
@@ -109,11 +65,11 @@ class Norm(nn.Module):
         self.kind = kind
         self.norm = {"batch": MaskedBatchNorm1d, "layer": nn.LayerNorm, "graph": GraphNorm, "none": lambda _: nn.Identity()}[kind](dim)
 
-    def forward(self, x: torch.Tensor, graph: torch.Tensor, num_segments: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: Segments) -> torch.Tensor:
         if self.kind == "graph":  # per-graph statistics: the padding slot is a graph of its own
-            return self.norm(x, graph, num_segments)
+            return self.norm(x, rows.index, rows.count)
         if self.kind == "batch":
-            return self.norm(x, mask)
+            return self.norm(x, rows.mask)
         return self.norm(x)
 
 
@@ -158,8 +114,10 @@ class GatedGCNConv(MessagePassing):
     states e'. With `aggregation="pna"` the gated messages are aggregated PNA-style instead.
     """
 
+    updates_edges = True
+
     def __init__(self, dim: int, aggregation: str = "gated", degree_histogram: torch.Tensor | None = None, eps: float = 1e-10):
-        super().__init__(aggr="sum")
+        super().__init__()
         self.A, self.B, self.C, self.D, self.E = (nn.Linear(dim, dim) for _ in range(5))
         self.pna = pna_aggregation(dim, degree_histogram) if aggregation == "pna" else None
         self.eps = eps
@@ -184,14 +142,18 @@ class GatedGCNConv(MessagePassing):
         return (numerator / (denominator + self.eps)).to(messages.dtype)
 
 
-class GCNConv(MessagePassing):
+class MeanConv(MessagePassing):
     r"""Isotropic convolution: :math:`h'_i = A h_i + \mathrm{mean}_{j \to i} B h_j` (edges untouched).
 
-    With `aggregation="pna"` the mean is replaced by PNA's aggregators and degree scalers.
+    The reference's `gcn` option. Not PyG's GCNConv, which normalises symmetrically by
+    both degrees. With `aggregation="pna"` the mean is replaced by PNA's aggregators and
+    degree scalers.
     """
 
+    updates_edges = False
+
     def __init__(self, dim: int, aggregation: str = "gated", degree_histogram: torch.Tensor | None = None):
-        super().__init__(aggr="mean")
+        super().__init__()
         self.A, self.B = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.pna = pna_aggregation(dim, degree_histogram) if aggregation == "pna" else None
 
@@ -207,48 +169,47 @@ class GCNConv(MessagePassing):
         return scatter(messages, index, 0, dim_size, reduce="mean")
 
 
+CONVOLUTIONS = {"gated-gcn": GatedGCNConv, "gcn": MeanConv}  # conv "mlp": no message passing at all
+
+
 class Block(nn.Module):
-    """One Transformer block: message passing sub-layer, then node and edge FFN sub-layers."""
+    """One Transformer block: a message-passing sub-layer, then node and edge FFN sub-layers.
+
+    Each sub-layer is x + f(Norm(x)) (pre-norm, the default), Norm(x + f(x)) (post-norm),
+    or without the `x +` when `residual` is off.
+    """
 
     def __init__(self, config: ModelConfig, degree_histogram: torch.Tensor | None):
         super().__init__()
         d, c = config.hidden, config
-        self.config = config
-        self.conv = {"gated-gcn": GatedGCNConv, "gcn": GCNConv}[c.conv](d, c.aggregation, degree_histogram) if c.conv != "mlp" else None
-        # The gcn conv leaves edges as they are, so only gated-gcn needs an edge norm there.
+        self.pre_norm, self.residual = c.norm_position == "pre", c.residual
+        self.conv = CONVOLUTIONS[c.conv](d, c.aggregation, degree_histogram) if c.conv in CONVOLUTIONS else None
         self.norm_mp_h = Norm(c.norm, d) if self.conv is not None else None
-        self.norm_mp_e = Norm(c.norm, d) if c.conv == "gated-gcn" else None
+        self.norm_mp_e = Norm(c.norm, d) if self.conv is not None and self.conv.updates_edges else None
         self.ffn_h = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None
         self.ffn_e = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None
         self.norm_ffn_h = Norm(c.norm, d) if c.ffn else None
         self.norm_ffn_e = Norm(c.norm, d) if c.ffn else None
 
-    def sublayer(self, xs, update, norms, rows):
-        """Wrap `update` as x + update(norm(x)) (pre-norm), norm(x + update(x)) (post-norm), or without `x +`.
-
-        One entry per tensor the sub-layer updates, in xs, norms and rows (each norm's graph
-        index, segment count and padding mask): (h,) for an FFN, (h, e) for gated message passing.
-        """
-        pre = self.config.norm_position == "pre"
-        outs = update(*(norm(x, *r) for norm, x, r in zip(norms, xs, rows))) if pre else update(*xs)
-        if self.config.residual:
-            outs = tuple(x + out for x, out in zip(xs, outs))
-        return outs if pre else tuple(norm(out, *r) for norm, out, r in zip(norms, outs, rows))
-
     def forward(self, h: torch.Tensor, e: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        nodes = (batch.node_graph, batch.num_segments, batch.node_mask)
-        edges = (batch.edge_graph, batch.num_segments, batch.edge_mask)
-        if self.conv is not None and self.norm_mp_e is None:  # gcn: updates h only
-            (h,) = self.sublayer((h,), lambda h_: (self.conv(h_, e, batch.edge_index)[0],), (self.norm_mp_h,), (nodes,))
-        elif self.conv is not None:  # gated-gcn: updates h and e together
-            h, e = self.sublayer((h, e), lambda h_, e_: self.conv(h_, e_, batch.edge_index), (self.norm_mp_h, self.norm_mp_e), (nodes, edges))
-        if self.ffn_h is not None:
-            (h,) = self.sublayer((h,), lambda h_: (self.ffn_h(h_),), (self.norm_ffn_h,), (nodes,))
-            (e,) = self.sublayer((e,), lambda e_: (self.ffn_e(e_),), (self.norm_ffn_e,), (edges,))
+        nodes, edges = batch.nodes, batch.edges
+        if self.conv is not None:  # h, e = h + MP(Norm(h), Norm(e))
+            e_in = self.sublayer_input(e, self.norm_mp_e, edges) if self.conv.updates_edges else e
+            h_mp, e_mp = self.conv(self.sublayer_input(h, self.norm_mp_h, nodes), e_in, batch.edge_index)
+            h = self.sublayer_output(h, h_mp, self.norm_mp_h, nodes)
+            if self.conv.updates_edges:
+                e = self.sublayer_output(e, e_mp, self.norm_mp_e, edges)
+        if self.ffn_h is not None:  # h = h + FFN_h(Norm(h));  e = e + FFN_e(Norm(e))
+            h = self.sublayer_output(h, self.ffn_h(self.sublayer_input(h, self.norm_ffn_h, nodes)), self.norm_ffn_h, nodes)
+            e = self.sublayer_output(e, self.ffn_e(self.sublayer_input(e, self.norm_ffn_e, edges)), self.norm_ffn_e, edges)
         return h, e
 
+    def sublayer_input(self, x: torch.Tensor, norm: Norm, rows: Segments) -> torch.Tensor:
+        return norm(x, rows) if self.pre_norm else x
 
-POOL_REDUCE = {"mean": "mean", "sum": "sum", "max": "max"}
+    def sublayer_output(self, x: torch.Tensor, out: torch.Tensor, norm: Norm, rows: Segments) -> torch.Tensor:
+        out = x + out if self.residual else out
+        return out if self.pre_norm else norm(out, rows)
 
 
 class GatedGraphTransformer(nn.Module):
@@ -271,8 +232,9 @@ class GatedGraphTransformer(nn.Module):
             self.virtual_mlps = nn.ModuleList(FeedForward(d, 4, c.dropout) for _ in range(c.layers - 1))
         self.readout = FeedForward(2 * d, 2, c.dropout, dim_out=num_tasks)  # Linear(2d -> 4d) ... Linear(4d -> tasks)
 
-    def pool(self, x: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-        return scatter(x, index, 0, num_segments, reduce=POOL_REDUCE[self.config.pooling])
+    def pool(self, x: torch.Tensor, rows: Segments) -> torch.Tensor:
+        """One row per graph slot (and the padding slot): mean, sum or max over the graph's rows."""
+        return scatter(x, rows.index, 0, rows.count, reduce=self.config.pooling)
 
     def positional_encoding(self, batch: Batch) -> torch.Tensor:
         """The batch's PEs, with eigenvector signs flipped at random while training."""
@@ -289,15 +251,14 @@ class GatedGraphTransformer(nn.Module):
         if c.pe_dim:
             pe = self.positional_encoding(batch)
             h = self.pe_encoder(torch.cat([h, pe], -1)) if c.pe_injection == "concat-mlp" else h + self.pe_encoder(pe)
-        segments = batch.num_segments
-        vn = self.virtual_node.weight.expand(segments, -1) if c.virtual_node else None
+        vn = self.virtual_node.weight.expand(batch.num_segments, -1) if c.virtual_node else None
         for i, block in enumerate(self.blocks):
             if vn is not None:
                 h = h + vn.index_select(0, batch.node_graph)
             h, e = block(h, e, batch)
             if vn is not None and i < c.layers - 1:
-                vn = self.virtual_mlps[i](self.virtual_norms[i](vn + self.pool(h, batch.node_graph, segments), batch.graph_mask))
-        pooled = torch.cat([self.pool(h, batch.node_graph, segments), self.pool(e, batch.edge_graph, segments)], -1)
+                vn = self.virtual_mlps[i](self.virtual_norms[i](vn + self.pool(h, batch.nodes), batch.graph_mask))
+        pooled = torch.cat([self.pool(h, batch.nodes), self.pool(e, batch.edges)], -1)
         return self.readout(pooled[: batch.num_graphs])
 
 

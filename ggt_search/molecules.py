@@ -78,13 +78,15 @@ def featurize(smiles: str) -> MolGraph | None:
 def scaffold_split(scaffolds: list[str], frac_train: float = 0.8, frac_valid: float = 0.1):
     """OGB's (deepchem's) deterministic scaffold split.
 
-    Scaffold sets are sorted by size, largest first, ties broken by the larger last row
-    index first; whole sets fill train up to 80%, then valid up to 90%, then test.
+    Scaffold sets are sorted by size, largest first, ties broken by the larger first row
+    index first; whole sets fill train up to 80%, then valid up to 90%, then test. This
+    tie-break reproduces OGB's own split files of ogbg-molbbbp, -molesol and -molfreesolv
+    molecule for molecule (breaking ties by the last row instead swaps a dozen molecules).
     """
     groups: dict[str, list[int]] = defaultdict(list)
     for row, scaffold in enumerate(scaffolds):
         groups[scaffold].append(row)
-    ordered = sorted(groups.values(), key=lambda rows: (len(rows), rows[-1]), reverse=True)
+    ordered = sorted(groups.values(), key=lambda rows: (len(rows), rows[0]), reverse=True)
     n = len(scaffolds)
     train, valid, test = [], [], []
     for rows in ordered:
@@ -95,7 +97,7 @@ def scaffold_split(scaffolds: list[str], frac_train: float = 0.8, frac_valid: fl
                 valid += rows
         else:
             train += rows
-    return np.array(sorted(train)), np.array(sorted(valid)), np.array(sorted(test))
+    return tuple(np.array(sorted(part), dtype=np.int64) for part in (train, valid, test))
 
 
 def random_split(n: int, seed: int, frac_train: float = 0.8, frac_valid: float = 0.1):

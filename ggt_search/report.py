@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import platform
-import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +27,8 @@ from optuna.trial import TrialState  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ggt_search.errors import UserError  # noqa: E402
-from ggt_search.study import open_storage  # noqa: E402
+from ggt_search.record import TrialRecord  # noqa: E402
+from ggt_search.runner import open_storage  # noqa: E402
 
 ALPHA = 0.05
 
@@ -130,9 +129,10 @@ class Page:
 def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        rows.append({"variant": t.params["variant"], "seed": t.params["seed"], "valid": t.value, "test": t.user_attrs["test"],
-                     "parameters": t.user_attrs["parameters"], "seconds_per_epoch": t.user_attrs["seconds_per_epoch"],
-                     "best_epoch": t.user_attrs["best_epoch"], "curve": t.user_attrs["curve"]})
+        record = TrialRecord.of(t)
+        rows.append({"variant": t.params["variant"], "seed": t.params["seed"], "valid": t.value, "test": record.test,
+                     "parameters": record.parameters, "seconds_per_epoch": record.seconds_per_epoch,
+                     "best_epoch": record.best_epoch, "curve": record.curve})
     return pd.DataFrame(rows)
 
 
@@ -249,7 +249,7 @@ def search_sections(page: Page, study: optuna.Study) -> None:
 
     page.heading("Best configurations", 3)
     best = sorted(trials, key=lambda t: t.value, reverse=higher)[:5]
-    page.table(pd.DataFrame([{"trial": t.number, "valid": t.value, "parameters": t.user_attrs.get("parameters"), **t.params} for t in best]))
+    page.table(pd.DataFrame([{"trial": t.number, "valid": t.value, "parameters": TrialRecord.of(t).parameters, **t.params} for t in best]))
 
     page.heading("Design-space ranks (GraphGym-style)", 3)
     ranks = design_ranks(trials, higher)
@@ -284,32 +284,27 @@ def design_ranks(trials, higher: bool) -> pd.DataFrame:
 
 
 def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> None:
-    import torch
-    import torch_geometric
-
+    """Where the runs ran, as each run recorded it when it ran (not the machine writing the report)."""
     page.heading("Reproducibility")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    env = next((t.user_attrs["environment"] for s in studies for t in s.trials if "environment" in t.user_attrs), {})
-    lines = [f"storage: {storage}", f"git commit: {commit or 'unknown'}",
-             f"python {platform.python_version()}, torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, optuna {optuna.__version__}",
-             f"hardware: {env.get('hardware', 'see trials')}"]
+    page.text(f"storage: {storage}")
     for s in studies:
         if "command" in s.user_attrs:
-            lines.append(f"{s.study_name}: {s.user_attrs['command']}")
+            page.text(f"{s.study_name}: {s.user_attrs['command']}")
         if "dataset" in s.user_attrs:
             d = s.user_attrs["dataset"]
-            lines.append(f"{s.study_name}: dataset {d['name']}, sha256 {d.get('checksum', '?')}, split {d['split']}")
+            page.text(f"{s.study_name}: dataset {d['name']}, sha256 {d.get('checksum', '?')}, split {d['split']}")
         if "ablation" in s.user_attrs:
-            lines.append(f"{s.study_name}: seeds {s.user_attrs['ablation']['seeds']}")
-    for line in lines:
-        page.text(line)
+            page.text(f"{s.study_name}: seeds {s.user_attrs['ablation']['seeds']}")
+    keys = ("commit", "torch", "torch_geometric", "optuna", "device", "hardware", "threads")
+    groups = pd.DataFrame([{"study": s.study_name, **{k: str((TrialRecord.of(t).environment or {}).get(k, "not recorded")) for k in keys}}
+                           for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
+    if not groups.empty:
+        page.heading("Code, packages and hardware of the runs (as recorded by each run)", 3)
+        page.table(groups.groupby(["study", *keys]).size().reset_index(name="runs"))
 
 
 def build_report(names: list[str], storage: str, out: Path) -> Path:
-    store = open_storage(storage)
+    store = open_storage(storage, must_exist=True)
     known = {s.study_name for s in optuna.get_all_study_summaries(store)}
     missing = [n for n in names if n not in known]
     if missing:

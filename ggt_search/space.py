@@ -12,9 +12,8 @@ from pathlib import Path
 
 import optuna
 
-from ggt_search.config import RunConfig, TrainConfig, read_yaml_mapping
+from ggt_search.config import ModelConfig, RunConfig, TrainConfig, read_yaml_mapping
 from ggt_search.errors import UserError
-from ggt_search.model import ModelConfig
 
 SECTIONS = {"model": {f.name for f in fields(ModelConfig)}, "train": {f.name for f in fields(TrainConfig)}}
 KINDS = ("choices", "int", "float")
@@ -54,11 +53,36 @@ def _check_entry(path: Path, key: str, spec, earlier: list[str]) -> None:
     bounds = spec[kinds[0]]
     if kinds[0] == "choices" and (not isinstance(bounds, list) or not bounds):
         raise UserError(f"search space {path}: {key}.choices must be a non-empty list")
-    if kinds[0] in ("int", "float") and (not isinstance(bounds, list) or len(bounds) != 2 or bounds[0] > bounds[1]):
-        raise UserError(f"search space {path}: {key}.{kinds[0]} must be [low, high] with low <= high")
+    if kinds[0] in ("int", "float"):
+        number = int if kinds[0] == "int" else (int, float)
+        numbers = isinstance(bounds, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in [*bounds, spec.get("step", 1)])
+        if not numbers or len(bounds) != 2 or bounds[0] > bounds[1]:
+            what = "integers" if kinds[0] == "int" else "numbers"
+            raise UserError(f"search space {path}: {key}.{kinds[0]} must be [low, high], {what} with low <= high, got {bounds!r}")
+        if spec.get("log") and bounds[0] <= 0:
+            raise UserError(f"search space {path}: {key} is log-scaled, so its low bound must be > 0, got {bounds[0]}")
     for condition in (spec.get("when") or {}):
         if condition not in earlier:
             raise UserError(f"search space {path}: {key}.when refers to {condition!r}, which is not an earlier key")
+
+
+def check_space(space: dict, base: RunConfig, path) -> None:
+    """Every value a trial could draw passes the config's own checks: a bad value is an error
+    now, before a study exists, not a failed trial later."""
+    where = f"search space {path or 'default'}"
+    for key, spec in space.items():
+        if not isinstance(spec, dict):
+            candidates = [spec]
+        elif "choices" in spec:
+            candidates = spec["choices"]
+        else:
+            candidates = spec["int"] if "int" in spec else spec["float"]  # the config checks ranges: both ends decide
+        section, _, name = key.partition(".")
+        for value in candidates:
+            try:
+                base.with_overrides(**{section: {name: value}})
+            except UserError as error:
+                raise UserError(f"{where}: {key} value {value!r}: {error}") from None
 
 
 def suggest(trial: optuna.Trial, space: dict, base: RunConfig) -> RunConfig:

@@ -8,13 +8,14 @@ the end, with those weights, and only when the caller asks: a search never reads
 from __future__ import annotations
 
 import csv
-import dataclasses
+import functools
 import json
 import math
 import platform
+import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,11 +28,10 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
-from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score
+from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score, trivial_score
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
 
 EVAL_BATCH_SIZE = 1024
-WARMUP_STEPS = 3  # eager steps before a CUDA graph capture (cuBLAS handles, autograd, Adam state)
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the candidate diverged."""
@@ -56,10 +56,14 @@ class RunResult:
     test: float | None
     parameters: int
     seconds: float
+    trivial: dict[str, float]  # per split scored: the metric of always predicting the training labels' mean
     history: list[EpochRecord] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the best-validation weights
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"history": [r.__dict__ for r in self.history]}
+        """Everything but the weights, as JSON-ready values (result.json)."""
+        skip = ("history", "best_state")
+        return {k: v for k, v in self.__dict__.items() if k not in skip} | {"history": [r.__dict__ for r in self.history]}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,17 +78,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def environment(device: torch.device) -> dict:
+    """Where a run ran: the code's commit, package versions, device and threads (provenance stored with every run)."""
+    return provenance() | {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+    }
+
+
+@functools.cache
+def provenance() -> dict:
+    import ogb
+    import optuna
+    import rdkit
     import torch_geometric
 
-    info = {
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "commit": commit or "unknown (not a git checkout)",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__,
+        "optuna": optuna.__version__,
+        "ogb": ogb.__version__,
+        "rdkit": rdkit.__version__,
         "platform": platform.platform(),
-        "device": str(device),
-        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()) + f", {torch.get_num_threads()} threads",
     }
-    return info
 
 
 class Trainer:
@@ -121,22 +143,32 @@ class Trainer:
                               cache_enabled=not self.config.train.cuda_graphs)
 
     def make_step(self, model: GatedGraphTransformer) -> "TrainStep":
-        return (CUDAGraphStep if self.config.train.cuda_graphs else TrainStep)(self, model)
+        if self.config.train.cuda_graphs:
+            from ggt_search.cuda_graphs import CUDAGraphStep  # it builds on TrainStep, defined below
+
+            return CUDAGraphStep(self, model)
+        return TrainStep(self, model)
 
     def fit(
         self,
         run_dir: Path | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None,
         evaluate_test: bool = True,
+        on_start: Callable[[int], None] | None = None,
     ) -> RunResult:
+        """Train a fresh model (seeded by train.seed); `on_start` hears its parameter count,
+        `on_epoch` every epoch's record (and may stop the run by raising)."""
         cfg = self.config.train
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         model = self.build_model()
+        parameters = count_parameters(model)
+        if on_start is not None:
+            on_start(parameters)
         step = self.make_step(model)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(step.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-        log = RunLog(run_dir, self.config, self.device, count_parameters(model))
+        log = RunLog(run_dir, self.config, self.device, parameters)
 
         best_state, best_valid, best_epoch, history = None, None, 0, []
         start = time.perf_counter()
@@ -159,7 +191,9 @@ class Trainer:
 
         model.load_state_dict(best_state)
         test = self.evaluate(model, "test")[1] if evaluate_test else None
-        result = RunResult(self.graphs.metric, best_epoch, best_valid, test, count_parameters(model), time.perf_counter() - start, history)
+        trivial = {split: trivial_score(self.graphs, split) for split in (("valid", "test") if evaluate_test else ("valid",))}
+        result = RunResult(self.graphs.metric, best_epoch, best_valid, test, parameters, time.perf_counter() - start,
+                           trivial, history, best_state)
         log.result(result)
         return result
 
@@ -233,70 +267,6 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
-
-
-class CUDAGraphStep(TrainStep):
-    """The same step (forward, backward, Adam) captured once per batch shape and replayed as one CUDA graph.
-
-    Batches must be padded (`DeviceGraphs.batches(padded=True)`) so that their shapes
-    repeat; each new shape is captured after a few eager warm-up steps whose effects on
-    the weights, statistics, optimizer and random state are undone, so capturing never
-    changes what is trained. Adam runs `capturable`, with its learning rate a device
-    tensor the plateau scheduler updates in place.
-    """
-
-    def __init__(self, trainer: Trainer, model: GatedGraphTransformer):
-        super().__init__(trainer, model, lr=torch.tensor(trainer.config.train.lr, device=trainer.device), capturable=True)
-        self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, object, torch.Tensor]] = {}
-
-    def __call__(self, batch) -> torch.Tensor:
-        """Train on `batch`; the returned loss is overwritten by the next call."""
-        if batch.node_mask is None:
-            raise ValueError("CUDA graph steps need padded batches: DeviceGraphs.batches(..., padded=True)")
-        if batch.shape() not in self.captured:
-            self.captured[batch.shape()] = self.capture(batch)
-        graph, static, loss = self.captured[batch.shape()]
-        for name, tensor in batch.tensors().items():
-            getattr(static, name).copy_(tensor)
-        graph.replay()
-        return loss
-
-    def capture(self, batch):
-        static = dataclasses.replace(batch, **{name: t.clone() for name, t in batch.tensors().items()})
-        with torch.cuda.device(self.trainer.device):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), undone(self.model, self.optimizer):
-                for _ in range(WARMUP_STEPS):
-                    super().__call__(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            self.optimizer.zero_grad(set_to_none=True)  # the graph owns its gradients
-            with torch.cuda.graph(graph):
-                loss = self.trainer.loss(self.model, static)
-                loss.backward()
-                self.optimizer.step()
-        return graph, static, loss.detach()
-
-
-@contextmanager
-def undone(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-    """Run the body, then put back the weights, buffers, optimizer state and random state as they were."""
-    tensors = [*model.parameters(), *model.buffers()]
-    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    saved = [t.detach().clone() for t in tensors]
-    had_state = set(optimizer.state)
-    on_cuda = next(model.parameters()).is_cuda  # then under torch.cuda.device(the model's), so current_device is it
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if on_cuda else []):
-        yield
-    with torch.no_grad():
-        for tensor, value in zip(tensors, saved):
-            tensor.copy_(value)
-        for param, state in optimizer.state.items():  # state the body created: back to Adam's fresh zeros
-            if param not in had_state:
-                for value in state.values():
-                    if torch.is_tensor(value):
-                        value.zero_()
 
 
 def _nanstd(y: torch.Tensor) -> torch.Tensor:

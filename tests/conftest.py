@@ -27,7 +27,8 @@ def moleculenet() -> Path:
 
 @pytest.fixture(scope="session")
 def bbbp(moleculenet):
-    from ggt_search.datasets import DatasetSpec, load_dataset
+    from ggt_search.config import DatasetSpec
+    from ggt_search.datasets import load_dataset
 
     return load_dataset(DatasetSpec("ogbg-molbbbp", source=str(moleculenet)))
 
@@ -46,3 +47,18 @@ def tiny_config(**model):
 
     values = {"layers": 2, "hidden": 16, "pe_dim": 4, "dropout": 0.0} | model
     return RunConfig.from_dict({"dataset": "ogbg-molbbbp", "model": values, "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})
+
+
+def age_heartbeats(storage_url: str, seconds: float) -> None:
+    """Move every recorded trial heartbeat `seconds` into the past: a dead worker's trial goes
+    stale at once, so tests of stale-trial handling never wait on the wall clock."""
+    from datetime import timedelta
+
+    from optuna.storages._rdb import models
+
+    from ggt_search.runner import open_storage
+
+    with open_storage(storage_url).scoped_session() as session:
+        for row in session.query(models.TrialHeartbeatModel).all():
+            row.heartbeat = row.heartbeat - timedelta(seconds=seconds)
+        session.commit()

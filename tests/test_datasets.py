@@ -1,10 +1,12 @@
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from ggt_search.datasets import DatasetSpec, cache_root, load_dataset
+from ggt_search.config import DatasetSpec
+from ggt_search.datasets import _read_ogb_raw, cache_root, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.positional import laplacian_pe
 
@@ -131,7 +133,8 @@ def test_bad_smiles_are_reported_by_line_or_skipped(moleculenet, tmp_path):
     (DatasetSpec("missing/file.csv"), "neither a known name"),
     (DatasetSpec("ogbg-molfoo"), "unknown OGB dataset"),
     (DatasetSpec("ogbg-molhiv", source="/nowhere/HIV.csv.gz"), "source file not found"),
-    (DatasetSpec("ogbg-molbace", source="/tmp"), "no MoleculeNet table offline"),
+    (DatasetSpec("ogbg-molpcba", source="/tmp"), "no MoleculeNet table offline"),
+    (DatasetSpec("ogbg-molbace", source="/tmp"), r"source file not found: /tmp/bace.csv"),
 ])
 def test_bad_dataset_names_get_one_clear_error(spec, message):
     with pytest.raises(UserError, match=message):
@@ -178,11 +181,15 @@ def test_pe_are_orthonormal_eigenvectors_on_real_molecules(bbbp):
         assert (eigenvalues > 1e-6).all()  # trivial eigenvectors are never kept
 
 
-def test_pe_drops_every_trivial_eigenvector_and_pads_small_graphs(tmp_path):
-    path = tmp_path / "odd.csv"
-    path.write_text("smiles,y\nCCO.CCN,1\nCO,0\nc1ccccc1,1\n")  # two components; two atoms; a ring
-    odd = load_dataset(DatasetSpec(str(path)))
-    pe = laplacian_pe(odd.edges, odd.node_ptr, odd.edge_ptr, k=5)
+def test_pe_drops_every_trivial_eigenvector_and_pads_small_graphs():
+    from ggt_search.indexing import counts_to_ptr
+    from ggt_search.molecules import featurize
+
+    odd = [featurize(s) for s in ("CCO.CCN", "CO", "c1ccccc1")]  # two components; two atoms; a ring
+    edges = torch.from_numpy(np.concatenate([g.edges for g in odd], axis=1))
+    node_ptr = counts_to_ptr(torch.tensor([len(g.atoms) for g in odd]))
+    edge_ptr = counts_to_ptr(torch.tensor([g.edges.shape[1] for g in odd]))
+    pe = laplacian_pe(edges, node_ptr, edge_ptr, k=5)
     salt = pe[0:6]
     components = torch.tensor([[1.0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
     assert salt[:, :4].abs().sum(0).gt(0).all()  # 6 atoms - 2 components = 4 informative columns
@@ -199,3 +206,79 @@ def test_pe_cache_is_reused(bbbp):
     first = bbbp.load_pe(4)
     assert (bbbp.cache_dir / "pe-k20.pt").exists()
     assert torch.equal(bbbp.load_pe(16)[:, :4], first[:, :4])
+
+
+@pytest.mark.parametrize("name, table", [("ogbg-molbbbp", "BBBP.csv"), ("ogbg-molesol", "delaney.csv"), ("ogbg-molfreesolv", "freesolv.csv")])
+def test_offline_builds_equal_ogbs_own_files(moleculenet, name, table):
+    """Molecules, labels, atom and bond features and split membership, against OGB's downloads in ../shared/data/ogb-raw."""
+    official = _read_ogb_raw(name, moleculenet.parent / "ogb-raw" / name.replace("-", "_"))
+    offline = load_dataset(DatasetSpec(name, source=str(moleculenet / table)))
+    assert offline.num_graphs == official.num_graphs
+    assert torch.equal(offline.node_ptr, official.node_ptr) and torch.equal(offline.atoms, official.atoms)
+    assert torch.equal(offline.edge_ptr, official.edge_ptr)
+    assert torch.allclose(offline.y, official.y, equal_nan=True, atol=1e-6)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(offline.split[split], official.split[split].sort().values), split
+    for g in range(offline.num_graphs):  # the same bonds with the same features, in both directions (order may differ)
+        rows = slice(int(offline.edge_ptr[g]), int(offline.edge_ptr[g + 1]))
+        own = sorted(zip(map(tuple, offline.edges[:, rows].T.tolist()), map(tuple, offline.bonds[rows].tolist())))
+        read = sorted(zip(map(tuple, official.edges[:, rows].T.tolist()), map(tuple, official.bonds[rows].tolist())))
+        assert own == read, g
+
+
+def test_an_ogb_name_built_offline_knows_its_tables_columns(moleculenet, tmp_path):
+    """MoleculeNet's BACE table names its SMILES column `mol` and its label `Class`, beside other numeric columns."""
+    rows = pd.read_csv(moleculenet / "BBBP.csv").head(300)
+    bace = pd.DataFrame({"mol": rows["smiles"], "CID": [f"BACE_{i}" for i in range(300)], "Class": rows["p_np"],
+                         "Model": "Train", "pIC50": 5.0, "MW": 300.0})
+    bace.to_csv(tmp_path / "bace.csv", index=False)
+    graphs = load_dataset(DatasetSpec("ogbg-molbace", source=str(tmp_path)))
+    assert graphs.num_tasks == 1 and graphs.task_names == ["Class"] and graphs.metric == "rocauc"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("smiles,y\n", "has a header but no rows"),
+    ("smiles,y,z\nCCO,1,\nCCN,0,\nc1ccccc1,1,\n", r"target column\(s\) \['z'\] of .* hold no labels"),
+    ("smiles,y\nc1ccccc1C,1\nc1ccccc1N,0\nc1ccccc1O,1\n", "leaves train with no molecules; use more molecules, or --split random"),
+])
+def test_tables_that_cannot_train_are_refused_before_training(tmp_path, text, message):
+    path = tmp_path / "own.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_dataset(DatasetSpec(str(path)))
+
+
+def test_a_split_with_one_class_is_refused(moleculenet, tmp_path):
+    from ggt_search.molecules import random_split
+
+    frame = pd.read_csv(moleculenet / "BBBP.csv").head(100)
+    train, valid, test = random_split(100, 0)
+    frame["p_np"] = 0
+    frame.loc[np.r_[train[:10], test[:3]], "p_np"] = 1  # no positive lands in valid
+    path = tmp_path / "one-class.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match="leaves valid with one class only, so rocauc is undefined"):
+        load_dataset(DatasetSpec(str(path), split="random", split_seed=0))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+@pytest.mark.parametrize("file", ["graphs.pt", "pe-k20.pt"])
+def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, monkeypatch, capsys, damage, file):
+    monkeypatch.setenv("GGT_SEARCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "mols.csv").write_text("smiles,y\n" + "".join(f"{s},{i / 2}\n" for i, s in enumerate(
+        ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "c1ccncc1", "C1CCCCC1", "CCCl", "c1ccc2ccccc2c1", "OCC(O)CO", "CNC", "C1CCOC1", "c1ccsc1"])))
+    spec = DatasetSpec(str(tmp_path / "mols.csv"), split="random")
+    first = load_dataset(spec)
+    pe = first.load_pe(4).clone()
+    path = first.cache_dir / file
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    again = load_dataset(spec)
+    assert torch.equal(again.bonds, first.bonds) and torch.equal(again.load_pe(4), pe)
+    assert f"cache file {path} is damaged" in capsys.readouterr().err
+    assert load_dataset(spec).load_pe(4) is not None and "damaged" not in capsys.readouterr().err  # repaired for good

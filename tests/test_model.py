@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from ggt_search.batching import DeviceGraphs
-from ggt_search.config import RunConfig
+from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
-from ggt_search.model import GatedGraphTransformer, ModelConfig, count_parameters, in_degree_histogram
+from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 
 

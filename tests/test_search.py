@@ -17,6 +17,7 @@ from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.space import load_space
 from ggt_search.study import SearchSettings, search
+from tests.conftest import age_heartbeats
 
 TINY_SPACE = """
 model.conv: {choices: [gated-gcn, gcn, mlp]}
@@ -65,7 +66,7 @@ def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
     params = [tuple(sorted(t.params.items())) for t in again.trials]
     assert len(set(params)) == len(params)  # the resumed sampler does not replay earlier trials
     search(settings(tmp_path, bbbp_csv, space, trials=10))
-    assert "already has 10 trials" in capsys.readouterr().out
+    assert "already has its 10 finished trials" in capsys.readouterr().out
 
 
 def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, space, capsys):
@@ -82,7 +83,7 @@ def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, spac
     cli.main([*final, "--seeds", "1", "--out", str(tmp_path / "alone")])  # a seed's result does not depend on the workers
     assert json.loads((tmp_path / "alone" / "summary.json").read_text())["per_seed"]["1"] == summary["per_seed"]["1"]
     assert cli.main(["evaluate", "--from-study", "nope", "--storage", storage]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: no study 'nope' in {storage}; list them with: optuna studies --storage {storage}"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: no study 'nope' in {storage}; studies there: s"]
 
 
 def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp_path, bbbp_csv):
@@ -110,25 +111,39 @@ def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
 def test_killed_worker_trial_is_failed_and_retried(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/killed.db"
     command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "k", "--space", str(space), "--trials", "1",
-               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--heartbeat", "1"]
+               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--heartbeat", "30"]
     worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name="k", storage=storage).trials
-        except KeyError:
-            continue
-        if trials and len(trials[0].intermediate_values) >= 2:
-            break
+    wait_for_epochs(storage, "k", 2)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert optuna.load_study(study_name="k", storage=storage).trials[0].state == TrialState.RUNNING
-    time.sleep(5)  # past the grace period of 4 heartbeats
+
+    # Rerun at once: the killed trial still looks alive. The rerun says so and when it will be retried, and trains nothing.
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 trial(s) still RUNNING in another worker: trial 0 (last heartbeat" in rerun.stdout
+    assert "rerun this command then" in rerun.stdout and "already has" not in rerun.stdout
+    assert [t.state for t in optuna.load_study(study_name="k", storage=storage).trials] == [TrialState.RUNNING]
+
+    age_heartbeats(storage, seconds=600)  # past the grace period of 4 heartbeats, without waiting for it
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     trials = optuna.load_study(study_name="k", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params  # the retry trains the same candidate
+
+
+def wait_for_epochs(storage: str, study: str, epochs: int, timeout: float = 120) -> None:
+    """Poll until the study's first trial has reported `epochs` epochs (a bounded wait, not a race)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name=study, storage=storage).trials
+        except KeyError:
+            continue
+        if trials and len(trials[0].intermediate_values) >= epochs:
+            return
+    pytest.fail(f"no trial of {study} reached {epochs} epochs in {timeout} s")
 
 
 @pytest.mark.postgres
@@ -146,7 +161,8 @@ def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6  # exactly what was asked: none lost, no extra
     assert len({t.number for t in trials}) == len(trials)
-    assert all("surplus" in t.user_attrs.get("reason", "") for t in trials if t.state == TrialState.FAIL)
+    failed = {t.number: t.user_attrs.get("reason", "") for t in trials if t.state == TrialState.FAIL}
+    assert all(reason.startswith("surplus") for reason in failed.values()), failed
     assert all(sum(f"trial {t.number} " in out for out in outputs) == 1 for t in finished)  # each trained by one worker
 
 
@@ -174,3 +190,77 @@ def test_default_space_loads_and_covers_the_issue():
     assert space["model.norm"]["choices"] == ["batch", "layer", "graph", "none"]
     assert space["model.pe_dim"]["choices"] == [0, 4, 8, 16, 20]
     assert space["model.ffn_ratio"]["choices"] == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model.conv: {choices: [gcn, transformer]}\n", "model.conv value 'transformer': model.conv = 'transformer' is not one of"),
+    ("train.lr: {float: [0.0, 0.01], log: true}\n", "log-scaled, so its low bound must be > 0"),
+    ("model.layers: {int: [a, b]}\n", "must be \\[low, high\\], integers"),
+    ("model.layers: {int: [0, 2]}\n", "model.layers value 0: model.layers must be >= 1"),
+    ("model.residual: {choices: ['no', true]}\n", "model.residual value 'no': model.residual must be true or false"),
+])
+def test_every_value_of_a_space_is_checked_before_the_study_exists(tmp_path, bbbp_csv, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        search(settings(tmp_path, bbbp_csv, path))
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbbp_csv, space):
+    storage = f"sqlite:///{tmp_path}/stopped.db"
+    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "c", "--space", str(space), "--trials", "2",
+               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_epochs(storage, "c", 1)
+    os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130
+    assert err.strip().splitlines() == ["stopped: what had finished is recorded; rerun the same command to resume"]
+    trial = optuna.load_study(study_name="c", storage=storage).trials[0]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "stopped (Ctrl-C or SIGTERM)"
+
+
+def descendants(pid: int) -> set[int]:
+    children = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children |= {int(c) for c in f.read().split()}
+    return children | {d for c in children for d in descendants(c) if os.path.exists(f"/proc/{c}")}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_every_worker_and_keeps_finished_seeds(tmp_path, bbbp_csv):
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "ggt_search.cli", "evaluate", "--dataset", str(bbbp_csv), "--device", "cpu", "--layers", "1",
+               "--hidden", "8", "--epochs", "200", "--seeds", "0-3", "--workers", "2", "--out", str(out)]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not all((out / f"seed-{s}" / "metrics.csv").exists() for s in (0, 1)) and time.time() < deadline:
+        time.sleep(0.5)  # both workers are training
+    workers = descendants(parent.pid)
+    assert len(workers) >= 2
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130 and "Traceback" not in err
+    deadline = time.time() + 60
+    while any(alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in workers if alive(p)], "orphaned worker processes"
+
+
+def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
+    from ggt_search.runner import cpu_share
+
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--dataset", str(bbbp_csv), "--device", "cpu", "--layers", "1", "--hidden", "8", "--epochs", "1",
+                     "--seeds", "0,1", "--workers", "2", "--out", str(out)]) == 0
+    threads = [json.loads((out / f"seed-{s}" / "environment.json").read_text())["threads"] for s in (0, 1)]
+    assert threads == [cpu_share(2)] * 2 == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ggt_search.batching import DeviceGraphs, round_up
-from ggt_search.config import RunConfig
+from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
-from ggt_search.model import GatedGraphTransformer, ModelConfig, in_degree_histogram
-from ggt_search.train import CUDAGraphStep, Trainer, TrainStep, undone
+from ggt_search.model import GatedGraphTransformer, in_degree_histogram
+from ggt_search.cuda_graphs import CUDAGraphStep, undone
+from ggt_search.train import Trainer, TrainStep
 from tests.conftest import tiny_config
 
 aten = torch.ops.aten
@@ -71,21 +72,42 @@ def test_padded_batches_give_the_same_outputs_gradients_and_statistics(bbbp_smal
         torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5, msg=name)  # BatchNorm running statistics
 
 
-def test_a_padded_epoch_trains_like_an_unpadded_one(bbbp_small):
-    """Whole epochs with the same seed: the same losses and weights, padded or not."""
-    trainer = Trainer(tiny_config(pe_sign_flip="off"), bbbp_small)
+def train_padded_and_plain(trainer: Trainer, epochs: int, dtype: torch.dtype):
+    """The same seeded epochs of Adam, on unpadded and on padded batches: (losses, weights) of each."""
+    trainer.data.pe, trainer.data.y = trainer.data.pe.to(dtype), trainer.data.y.to(dtype)
     results = []
     for padded in (False, True):
         torch.manual_seed(0)
-        step = TrainStep(trainer, trainer.build_model())
+        step = TrainStep(trainer, trainer.build_model().to(dtype))
         losses = [trainer.train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
                                                                  generator=torch.Generator().manual_seed(epoch), padded=padded))
-                  for epoch in range(3)]
+                  for epoch in range(epochs)]
         results.append((losses, step.model.state_dict()))
-    (plain_losses, plain_state), (padded_losses, padded_state) = results
+    return results
+
+
+def test_padded_epochs_train_exactly_like_unpadded_ones_in_float64(bbbp_small):
+    """Where the arithmetic is exact up to summation order (float64), padding changes nothing:
+    three epochs of Adam give the same losses and weights to 1e-9."""
+    (plain_losses, plain_state), (padded_losses, padded_state) = train_padded_and_plain(
+        Trainer(tiny_config(pe_sign_flip="off"), bbbp_small), epochs=3, dtype=torch.float64)
+    assert plain_losses == pytest.approx(padded_losses, rel=1e-9)
+    for name, value in plain_state.items():
+        torch.testing.assert_close(padded_state[name], value, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_a_padded_float32_epoch_stays_within_adams_reach(bbbp_small):
+    """In float32, summation order differs between the paths, and Adam turns that noise into
+    steps of about lr: two runs of S steps can part by at most about 2 S lr per weight
+    (Adam's step is bounded by lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr, typically ~lr)."""
+    trainer = Trainer(tiny_config(pe_sign_flip="off"), bbbp_small)
+    (plain_losses, plain_state), (padded_losses, padded_state) = train_padded_and_plain(trainer, epochs=1, dtype=torch.float32)
+    steps = len(trainer.data.split["train"]) // 48
     assert plain_losses == pytest.approx(padded_losses, rel=1e-4)
     for name, value in plain_state.items():
-        torch.testing.assert_close(padded_state[name], value, rtol=1e-3, atol=1e-4, msg=name)
+        if value.is_floating_point():
+            reach = 2 * steps * trainer.config.train.lr if name.endswith(("weight", "bias")) else 1e-4
+            torch.testing.assert_close(padded_state[name], value, rtol=0, atol=reach, msg=name)
 
 
 def test_padded_shapes_repeat_across_epochs(bbbp):

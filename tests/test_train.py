@@ -5,7 +5,8 @@ import pytest
 from ogb.graphproppred import Evaluator
 
 from ggt_search import cli
-from ggt_search.evaluate import evaluate_seeds, mean_std, parse_seeds
+from ggt_search.errors import UserError
+from ggt_search.final_evaluation import evaluate_seeds, mean_std, parse_seeds
 from ggt_search.metrics import _score
 from ggt_search.train import Trainer
 from tests.conftest import tiny_config
@@ -64,7 +65,7 @@ def test_seed_lists_and_unbiased_std():
 
 
 def test_evaluate_two_seeds_resumes(bbbp_small, tmp_path, monkeypatch):
-    import ggt_search.evaluate as evaluate
+    import ggt_search.final_evaluation as evaluate
 
     monkeypatch.setattr(evaluate, "Trainer", lambda config: Trainer(config, bbbp_small))
     summary = evaluate_seeds(tiny_config(), [0, 1], tmp_path)
@@ -76,6 +77,9 @@ def test_evaluate_two_seeds_resumes(bbbp_small, tmp_path, monkeypatch):
         raise AssertionError("a finished seed was trained again")
     monkeypatch.setattr(evaluate, "Trainer", no_training)
     assert evaluate_seeds(tiny_config(), [0, 1], tmp_path)["test"] == summary["test"]
+    longer = tiny_config().with_overrides(train={"epochs": 3})  # another config: the finished seeds are not its results
+    with pytest.raises(UserError, match=r"seed-0 was trained with train.epochs = 2, not 3; pass another --out"):
+        evaluate_seeds(longer, [0, 1], tmp_path)
 
 
 def test_cli_train_end_to_end_on_a_shared_table(moleculenet, tmp_path, capsys):
@@ -101,3 +105,77 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model:\n  hiden: 64\n")
     assert cli.main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown model key(s) ['hiden']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("model", {"residual": "no"}, "model.residual must be true or false, got 'no'"),
+    ("model", {"layers": True}, "model.layers must be an integer, got True"),
+    ("model", {"dropout": "0.1"}, "model.dropout must be a finite number, got '0.1'"),
+    ("dataset", {"name": "x.csv", "split_seed": "x"}, "dataset.split_seed must be an integer, got 'x'"),
+    ("train", {"weight_decay": -1}, r"train.weight_decay must be >= 0, got -1"),
+    ("train", {"lr": float("inf")}, "train.lr must be a finite number, got inf"),
+    ("train", {"batch_size": 1}, "train.batch_size must be >= 2"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_named(section, values, message):
+    from ggt_search.config import RunConfig
+    from ggt_search.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        RunConfig.from_dict({section: values})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--lr", "inf"], "train.lr must be a finite number, got inf"),
+    (["train", "--weight-decay", "-1"], "train.weight_decay must be >= 0"),
+    (["search", "--study", "s", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["search", "--study", "s", "--trials", "-3"], "argument --trials: must be >= 1, got -3"),
+    (["search", "--study", "s", "--trials", "0"], "argument --trials: must be >= 1, got 0"),
+    (["search", "--study", "s", "--heartbeat", "0"], "argument --heartbeat: must be >= 1, got 0"),
+    (["evaluate", "--workers", "0"], "argument --workers: must be >= 1"),
+    (["evaluate", "--seeds", "0,0"], r"names seed\(s\) \[0\] more than once"),
+    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1"),
+    (["bench", "--max-graphs", "0"], "argument --max-graphs: must be >= 2"),
+    (["dashboard", "--port", "99999"], "must be a TCP port, 1-65535, got 99999"),
+    (["dashboard", "--port", "-1"], "argument --port: must be >= 1, got -1"),
+    (["ablate", "ablations/convolution.yaml", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+])
+def test_bad_arguments_are_one_line_without_traceback(argv, message, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:  # argparse's own exit, after our one-line message
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert __import__("re").search(message, err), err
+
+
+def test_read_only_commands_never_create_a_database(tmp_path, capsys):
+    missing = tmp_path / "nowhere.db"
+    for argv in (["evaluate", "--from-study", "s", "--storage", f"sqlite:///{missing}"],
+                 ["report", "s", "--storage", f"sqlite:///{missing}"],
+                 ["dashboard", "--storage", f"sqlite:///{missing}"]):
+        assert cli.main(argv) == 2
+        assert "no study storage at" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_dashboard_refuses_a_port_in_use(tmp_path, capsys):
+    import socket
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/d.db"
+    optuna.create_study(storage=storage)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert cli.main(["dashboard", "--storage", storage, "--port", str(taken.getsockname()[1])]) == 2
+    assert "pick another port with --port" in capsys.readouterr().err
+
+
+def test_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from ggt_search import cli; cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

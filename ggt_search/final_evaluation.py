@@ -1,7 +1,8 @@
 """OGB-style final evaluation: one config, many seeds, mean +- unbiased std.
 
-Each seed trains in its own run directory; a seed whose `result.json` exists is not
-retrained, so an interrupted evaluation resumes where it stopped.
+Each seed trains in its own run directory; a seed whose `result.json` exists, trained
+with the same config, is not retrained, so an interrupted evaluation resumes where it
+stopped. A result trained with another config is never reused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import yaml
 
 from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
-from ggt_search.study import run_workers
+from ggt_search.metrics import TRIVIAL
+from ggt_search.runner import run_workers
 from ggt_search.train import Trainer, environment, resolve_device
 
 
@@ -30,6 +32,11 @@ def parse_seeds(text: str) -> list[int]:
         raise UserError(f"bad seed list {text!r}; write e.g. 0-9 or 0,1,2") from None
     if not seeds:
         raise UserError(f"seed list {text!r} is empty")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"seed list {text!r} names seed(s) {repeated} more than once; each seed is one run")
+    if min(seeds) < 0:
+        raise UserError(f"seed list {text!r} has a negative seed; seeds are 0, 1, 2, ...")
     return seeds
 
 
@@ -46,6 +53,7 @@ def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int 
     todo = []
     for seed in seeds:
         if result_file(seed).exists():
+            _check_same_config(out / f"seed-{seed}", config, seed)
             print(f"seed {seed}: done already ({result_file(seed)})")
         else:
             todo.append(seed)
@@ -57,6 +65,17 @@ def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int 
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
+
+
+def _check_same_config(run_dir: Path, config: RunConfig, seed: int) -> None:
+    """A finished seed is reused only if it trained this very config (the device aside)."""
+    stored = RunConfig.load(run_dir / "config.yaml").to_dict()
+    wanted = config.with_overrides(train={"seed": seed}).to_dict()
+    for section in wanted:
+        for key in sorted(set(wanted[section]) | set(stored[section])):
+            if key != "device" and wanted[section].get(key) != stored[section].get(key):
+                raise UserError(f"{run_dir} was trained with {section}.{key} = {stored[section].get(key)!r}, not "
+                                f"{wanted[section].get(key)!r}; pass another --out, or delete that folder to retrain")
 
 
 def _train_seeds(job: tuple, worker: int, device: str) -> None:
@@ -84,6 +103,7 @@ def summarise(config: RunConfig, results: dict[int, dict], hardware: str) -> dic
         "parameters": first["parameters"],
         "per_seed": {seed: {"valid": r["best_valid"], "test": r["test"], "best_epoch": r["best_epoch"]} for seed, r in results.items()},
         "hardware": hardware,
+        "trivial": first["trivial"],
         "config": config.to_dict(),
     }
 
@@ -97,6 +117,8 @@ def summary_markdown(summary: dict) -> str:
         "|---|---|---|",
         f"| test | {summary['test']['mean']:.4f} | {summary['test']['std']:.4f} |",
         f"| validation | {summary['valid']['mean']:.4f} | {summary['valid']['std']:.4f} |",
+        "",
+        f"For scale, {TRIVIAL} scores {summary['trivial']['test']:.4f} on test and {summary['trivial']['valid']:.4f} on validation.",
         "",
         f"Parameters: {summary['parameters']:,}. Hardware: {summary['hardware']}.",
         "",
