@@ -1,30 +1,34 @@
-"""Controlled ablations: a baseline config, named variants (config changes), several seeds.
+"""Controlled ablations: a baseline config, named variants (config changes), several seeds,
+on one dataset or several.
 
-Every (variant, seed) pair is one trial of an Optuna study, enqueued with fixed params, so
-the dashboard shows the ablation, several workers can share it, and a rerun only trains
-the pairs not finished yet. No pruning: every variant gets the same epoch budget. An
-ablation compares fixed configs, so each run is a final evaluation: test is scored once,
-with the best-validation weights, and stored beside the validation score.
+Every (variant, seed) pair is one trial of an Optuna study (one study per dataset), queued
+with the pair in its user attributes, so the dashboard shows the ablation, several workers
+can share it, a rerun only trains the pairs not finished yet, and variants or seeds can be
+added to the file later. No pruning: every variant gets the same epoch budget. An ablation
+compares fixed configs, so each run is a final evaluation: test is scored once, with the
+best-validation weights, and stored beside the validation score. A study only ever holds
+runs of one set of settings: a rerun whose configs differ from the stored runs' is refused.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from ggt_search.config import DEFAULT_STORAGE, RunConfig, read_yaml_mapping
+from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, read_yaml_mapping
 from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
 from ggt_search.metrics import HIGHER_IS_BETTER
+from ggt_search.record import TrialRecord
 from ggt_search.runner import SurplusTrial, open_storage, run_trials, run_workers, running_note, train_trial
 
 BASELINE = "baseline"
-FILE_KEYS = {"idea", "question", "dataset", "baseline", "variants", "seeds", "epochs"}
+FILE_KEYS = {"idea", "question", "dataset", "datasets", "baseline", "variants", "seeds", "epochs", "effect"}
 
 
 @dataclass
@@ -32,14 +36,22 @@ class Ablation:
     name: str
     idea: str
     question: str
-    base: RunConfig
+    base: RunConfig  # the baseline, on the first dataset
     variants: dict[str, dict] = field(default_factory=dict)  # name -> {model: {...}, train: {...}}
     seeds: list[int] = field(default_factory=lambda: list(range(5)))
+    datasets: list[DatasetSpec] = field(default_factory=list)  # every dataset the variants run on
+    effect: float | None = None  # the effect size the report says how many seeds would detect
 
-    def config(self, variant: str, seed: int) -> RunConfig:
+    def config(self, variant: str, seed: int, dataset: DatasetSpec | None = None) -> RunConfig:
         overrides = self.variants.get(variant, {})
         config = self.base.with_overrides(model=overrides.get("model"), train=overrides.get("train"))
+        if dataset is not None:
+            config = replace(config, dataset=dataset)
         return config.with_overrides(train={"seed": seed})
+
+    def study_name(self, study: str, dataset: DatasetSpec) -> str:
+        """One study per dataset: the group's name itself when there is one dataset."""
+        return study if len(self.datasets) == 1 else f"{study}--{Path(dataset.name).stem}"
 
 
 def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None) -> Ablation:
@@ -52,15 +64,20 @@ def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | No
         raise UserError(f"ablation {path} has no 'baseline'; give the config every variant is compared with (model: and train: settings)")
     if not values.get("variants"):
         raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
+    if "dataset" in values and "datasets" in values:
+        raise UserError(f"{path}: give 'dataset' (one) or 'datasets' (a list), not both")
+    datasets = [dataset] if dataset else values.get("datasets") or [values.get("dataset") or "nci-tpsa"]
+    if not isinstance(datasets, list):
+        raise UserError(f"{path}: 'datasets' must be a list of dataset names or mappings")
     base = dict(values["baseline"])  # {} is the default model, said on purpose
-    base["dataset"] = dataset or values.get("dataset") or base.get("dataset") or "nci-tpsa"
     epochs = epochs if epochs is not None else values.get("epochs")
     if epochs is not None:
         base["train"] = {**(base.get("train") or {}), "epochs": epochs}
     try:
-        base_config = RunConfig.from_dict(base)
+        configs = [RunConfig.from_dict(base | {"dataset": d}) for d in datasets]
     except UserError as error:
         raise UserError(f"{path}: baseline: {error}") from None
+    base_config = configs[0]
     variants = {}
     for name, change in values["variants"].items():
         if name == BASELINE:
@@ -73,8 +90,11 @@ def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | No
         except UserError as error:
             raise UserError(f"{path}: variant {name!r}: {error}") from None
         variants[str(name)] = change
+    effect = values.get("effect")
+    if effect is not None and not (isinstance(effect, int | float) and not isinstance(effect, bool) and effect > 0):
+        raise UserError(f"{path}: 'effect' must be a positive number (the difference worth detecting), got {effect!r}")
     return Ablation(path.stem, values.get("idea", path.stem), values.get("question", ""), base_config, variants,
-                    parse_seeds(str(seeds or values.get("seeds", "0-4"))))
+                    parse_seeds(str(seeds or values.get("seeds", "0-4"))), [c.dataset for c in configs], effect)
 
 
 @dataclass
@@ -86,18 +106,28 @@ class AblationSettings:
     heartbeat: int = 30  # seconds; a run silent for 4x this (its worker was killed) is rerun
 
 
-def run_ablation(settings: AblationSettings) -> optuna.Study:
+def run_ablation(settings: AblationSettings) -> list[optuna.Study]:
+    """Run (or resume) the ablation on each of its datasets, one study each; returns the studies."""
+    return [run_on_dataset(settings, dataset) for dataset in settings.ablation.datasets]
+
+
+def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.Study:
     ablation = settings.ablation
-    graphs = load_dataset(ablation.base.dataset)
+    name = ablation.study_name(settings.study, dataset)
+    graphs = load_dataset(dataset)
     if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
         graphs.load_pe(0)
     storage = open_storage(settings.storage, settings.heartbeat)
-    study = optuna.create_study(study_name=settings.study, storage=storage, load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 direction="maximize" if HIGHER_IS_BETTER[graphs.metric] else "minimize",
                                 sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    check_same_settings(study, ablation, dataset)
+    study.set_metric_names([f"valid {graphs.metric}"])
     study.set_user_attr("kind", "ablation")
+    study.set_user_attr("group", settings.study)
     study.set_user_attr("ablation", {"name": ablation.name, "idea": ablation.idea, "question": ablation.question,
-                                     "baseline": ablation.base.to_dict(), "variants": ablation.variants, "seeds": ablation.seeds})
+                                     "baseline": ablation.config(BASELINE, ablation.seeds[0], dataset).to_dict(),
+                                     "variants": ablation.variants, "seeds": ablation.seeds, "effect": ablation.effect})
     study.set_user_attr("dataset", graphs.summary() | {"checksum": graphs.checksum})
     study.set_user_attr("command", " ".join(["ggt-search", *sys.argv[1:]]))
     # A run whose worker was killed stops sending heartbeats: fail it (and queue its retry)
@@ -105,41 +135,58 @@ def run_ablation(settings: AblationSettings) -> optuna.Study:
     optuna.storages.fail_stale_trials(study)
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(f"ablation {ablation.name}: {len(ablation.variants) + 1} variants x {len(ablation.seeds)} seeds; {waiting} runs to do")
+    print(f"ablation {ablation.name} on {graphs.name} (study {name}): {len(ablation.variants) + 1} variants x "
+          f"{len(ablation.seeds)} seeds; {waiting} runs to do")
     if not waiting and (note := running_note(study, storage, settings.heartbeat)):
         print(note)
     if waiting:
-        run_workers(_worker, settings, settings.workers, ablation.base.train.device)
-    return optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
+        run_workers(_worker, (settings, name, dataset), settings.workers, ablation.base.train.device)
+    return optuna.load_study(study_name=name, storage=open_storage(settings.storage))
+
+
+def run_pair(trial: optuna.trial.FrozenTrial) -> tuple:
+    """The (variant, seed) a run trains: queued in its user attributes (retries copy them)."""
+    return trial.user_attrs.get("variant"), trial.user_attrs.get("seed")
+
+
+def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: DatasetSpec) -> None:
+    """Refuse to add runs of other settings (epochs, model, ...) to a study: they would be pooled."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        variant, seed = run_pair(trial)
+        stored = TrialRecord.of(trial).config
+        if variant is None or stored is None or (variant != BASELINE and variant not in ablation.variants):
+            continue
+        wanted = ablation.config(variant, seed, dataset).to_dict()
+        for section in ("dataset", "model", "train"):
+            # A key the stored run lacks is a field added to the code since; its default keeps the old behaviour.
+            for key in sorted(set(wanted[section]) & set(stored[section]) - {"device"}):
+                if wanted[section][key] != stored[section][key]:
+                    raise UserError(f"study {study.study_name} holds runs with {section}.{key} = {stored[section][key]!r}, but this "
+                                    f"ablation asks for {wanted[section][key]!r} ({variant}, seed {seed}); rerun with the same "
+                                    f"settings, or pass --study NEW for a new study")
 
 
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
     """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
-    def pair(trial) -> tuple:  # a queued trial holds its pair in fixed_params; a retried one in params too
-        params = trial.params or trial.system_attrs.get("fixed_params", {})
-        return params.get("variant"), params.get("seed")
-
-    taken = {pair(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
-    for variant in [BASELINE, *ablation.variants]:
-        for seed in ablation.seeds:
+    taken = {run_pair(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
+    for seed in ablation.seeds:  # seed by seed: an interrupted ablation leaves complete pairs to compare
+        for variant in [BASELINE, *ablation.variants]:
             if (variant, seed) not in taken:
-                study.enqueue_trial({"variant": variant, "seed": seed})
+                study.enqueue_trial({}, user_attrs={"variant": variant, "seed": seed})
 
 
-def _worker(settings: AblationSettings, worker: int, device: str) -> None:
+def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device: str) -> None:
+    settings, name, dataset = job
     ablation = settings.ablation
-    graphs = load_dataset(ablation.base.dataset)
-    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, settings.heartbeat))
-    variants = [BASELINE, *ablation.variants]
+    graphs = load_dataset(dataset)
+    study = optuna.load_study(study_name=name, storage=open_storage(settings.storage, settings.heartbeat))
 
     def objective(trial: optuna.Trial) -> float:
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        if "fixed_params" not in frozen.system_attrs:  # not from the queue: it ran dry under two workers at once
+        variant, seed = run_pair(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
+        if variant is None:  # not from the queue: it ran dry under two workers at once
             trial.study.stop()
             raise SurplusTrial("surplus: the ablation's queue was empty when this worker asked")
-        variant = trial.suggest_categorical("variant", variants)
-        seed = trial.suggest_int("seed", min(ablation.seeds), max(ablation.seeds))
-        config = ablation.config(variant, seed).with_overrides(train={"device": device})
+        config = ablation.config(variant, seed, dataset).with_overrides(train={"device": device})
         return train_trial(trial, config, graphs, final=True, prune=False).best_valid
 
     def queue_empty(study: optuna.Study) -> bool:

@@ -197,8 +197,9 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     ablation = load_ablation(args.file, dataset=dataset, seeds=args.seeds, epochs=args.epochs)
     if args.device:
         ablation.base = ablation.base.with_overrides(train={"device": args.device})
-    study = run_ablation(AblationSettings(ablation, args.study or ablation.name, args.storage, args.workers, args.heartbeat))
-    print(f"study {study.study_name} in {args.storage}; report: ggt-search report {study.study_name} --storage {args.storage}")
+    group = args.study or ablation.name
+    studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
+    print(f"studies {', '.join(s.study_name for s in studies)} in {args.storage}; report: ggt-search report {group} --storage {args.storage}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -42,10 +42,13 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, dataset: str | No
 
 
 def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    if metric in ("rmse", "mae"):
-        labelled = ~np.isnan(y_true)
-        errors = (y_pred - y_true)[labelled]
-        return float(np.sqrt(np.mean(errors**2)) if metric == "rmse" else np.mean(np.abs(errors)))
+    if metric in ("rmse", "mae"):  # per task over its labelled entries, then averaged over tasks, as OGB does
+        per_task = []
+        for task in range(y_true.shape[1]):
+            labelled = ~np.isnan(y_true[:, task])
+            errors = y_pred[labelled, task] - y_true[labelled, task]
+            per_task.append(np.sqrt(np.mean(errors**2)) if metric == "rmse" else np.mean(np.abs(errors)))
+        return float(np.mean(per_task))
     rank_metric = roc_auc_score if metric == "rocauc" else average_precision_score
     per_task = []
     for task in range(y_true.shape[1]):

@@ -1,18 +1,22 @@
 """`ggt-search report`: a self-contained HTML page and a Markdown file per set of studies.
 
-Ablation studies get, per variant: validation and test scores over seeds (mean, 95% CI),
-the paired difference to the baseline over matching seeds with a paired t-test and a
-Wilcoxon signed-rank test, Holm-corrected across variants, learning curves, cost, and a
-one-line verdict. Search studies get the optimisation history, parameter importances,
-the best configurations, and a GraphGym-style rank analysis of each design dimension.
-Test scores appear only in the ablation sections, which are final evaluations of fixed
-configs; search sections use validation scores alone.
+Ablations (one study per dataset, reported together): per dataset and variant, validation
+and test over seeds; the paired difference to the baseline over matching seeds with its
+95% t-interval and the family-adjusted interval, paired t-test and Wilcoxon p-values,
+Holm-corrected over every comparison of the report, and what the seeds could detect
+(power); a verdict that never claims more than the runs support; learning curves; ranks
+within (dataset, seed) cells; every run left out, with its reason; each run's provenance.
+Search studies get the optimisation history, parameter importances with their spread,
+the best configurations, and a GraphGym-style rank analysis. Test scores appear only in
+the ablation sections, which are final evaluations of fixed configs; search sections use
+validation scores alone.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -24,13 +28,15 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
-from scipy import stats  # noqa: E402
+from scipy import optimize, stats  # noqa: E402
 
+from ggt_search.ablate import BASELINE, run_pair  # noqa: E402
 from ggt_search.errors import UserError  # noqa: E402
 from ggt_search.record import TrialRecord  # noqa: E402
 from ggt_search.runner import open_storage  # noqa: E402
 
-ALPHA = 0.05
+ALPHA = 0.05  # family-wise error rate of each report's verdicts
+POWER = 0.8  # the power at which detectable effects are stated
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -48,25 +54,71 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def paired_comparison(variant: np.ndarray, baseline: np.ndarray) -> dict:
-    """Mean paired difference with its 95% t-interval, paired t-test and Wilcoxon p-values."""
-    diff = variant - baseline
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The mean's t-interval; (mean, mean) when fewer than 2 values say nothing of the spread."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at level alpha to detect a true mean difference `effect`."""
+    df, shift = n - 1, effect / (sd / np.sqrt(n))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    # The far tail underflows to NaN for large shifts, where it is 0 anyway.
+    return float(stats.nct.sf(critical, df, shift) + np.nan_to_num(stats.nct.cdf(-critical, df, shift)))
+
+
+def detectable_effect(sd: float, n: int, alpha: float, target: float = POWER) -> float:
+    """The smallest true difference the paired t-test detects with `target` power, for this n and spread."""
+    return float(optimize.brentq(lambda effect: power(effect, sd, n, alpha) - target, 1e-12 * sd, 1000 * sd))
+
+
+def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER, most: int = 1000) -> int | None:
+    """Paired seeds for `target` power against `effect`, if the observed spread holds (None: more than `most`)."""
+    return next((n for n in range(2, most + 1) if power(effect, sd, n, alpha) >= target), None)
+
+
+def paired_comparison(variant: np.ndarray, baseline: np.ndarray, family: int = 1, effect: float | None = None) -> dict:
+    """Mean paired difference, its 95% t-interval and the family-adjusted (Bonferroni) one, the
+    paired t-test and Wilcoxon p-values, and the power analysis. With fewer than two pairs, or
+    differences without spread, nothing is testable and no p-value is given."""
+    diff = np.asarray(variant, dtype=float) - np.asarray(baseline, dtype=float)
     n = len(diff)
-    mean = float(diff.mean())
-    if n < 2 or np.allclose(diff, diff[0]):
-        return {"n": n, "mean_diff": mean, "ci_low": mean, "ci_high": mean, "p_t": 1.0 if np.allclose(diff, 0) else 0.0, "p_wilcoxon": 1.0}
-    half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
-    p_t = float(stats.ttest_rel(variant, baseline).pvalue)
-    p_w = float(stats.wilcoxon(variant, baseline).pvalue) if np.any(diff != 0) else 1.0
-    return {"n": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half, "p_t": p_t, "p_wilcoxon": p_w}
+    row = {"n": n, "mean_diff": float(diff.mean()) if n else float("nan"), "testable": False}
+    if n < 2:
+        return row | {"why": f"{n} paired seed{'s' if n != 1 else ''}; a paired test needs at least 2"}
+    sd = float(diff.std(ddof=1))
+    if np.allclose(diff, diff[0], rtol=0, atol=1e-12):  # float noise is no spread
+        return row | {"why": f"all {n} seeds gave the same difference ({diff[0]:+.4f}): no spread to test against"}
+    adjusted = 1 - ALPHA / family
+    row |= {"testable": True, "sd": sd}
+    row["ci_low"], row["ci_high"] = t_interval(diff)
+    row["adj_low"], row["adj_high"] = t_interval(diff, adjusted)
+    row["p_t"] = float(stats.ttest_rel(variant, baseline).pvalue)
+    row["p_wilcoxon"] = float(stats.wilcoxon(variant, baseline).pvalue) if np.any(diff != 0) else 1.0
+    row["detectable"] = detectable_effect(sd, n, ALPHA / family)
+    if effect is not None:
+        row["seeds_for_effect"] = seeds_needed(effect, sd, ALPHA / family)
+    return row
 
 
-def verdict(row: dict, higher_is_better: bool) -> str:
-    n = row["n"]
-    if row["p_holm"] >= ALPHA:
-        return f"no detectable effect at {n} seeds (difference {row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}])"
-    better = (row["mean_diff"] > 0) == higher_is_better
-    return f"{'helps' if better else 'hurts'} ({row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], Holm p = {row['p_holm']:.3g}, {n} seeds)"
+def verdict(row: dict, higher_is_better: bool, effect: float | None) -> str:
+    if not row["testable"]:
+        return f"not testable ({row['why']})"
+    interval = (f"{row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
+                f"family-adjusted CI [{row['adj_low']:+.4f}, {row['adj_high']:+.4f}]")
+    if row["p_holm"] < ALPHA:
+        better = (row["mean_diff"] > 0) == higher_is_better
+        return f"{'helps' if better else 'hurts'} ({interval}, Holm p = {row['p_holm']:.3g}, {row['n']} seeds)"
+    text = (f"no detectable effect at {row['n']} seeds ({interval}); with this spread, {row['n']} seeds detect "
+            f"(80% power) only differences of ±{row['detectable']:.4f} or more")
+    if effect is not None:
+        needed = row.get("seeds_for_effect")
+        text += f"; ±{effect:g} would need {'more than 1000' if needed is None else f'about {needed}'} seeds"
+    return text
 
 
 # ----------------------------------------------------------------------------- the page
@@ -126,93 +178,212 @@ class Page:
 # ----------------------------------------------------------------------------- ablation sections
 
 
-def ablation_frame(study: optuna.Study) -> pd.DataFrame:
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+@dataclass
+class AblationRuns:
+    """One dataset's runs of an ablation: the finished ones, and every run that is not."""
+
+    study: optuna.Study
+    dataset: str
+    metric: str
+    higher: bool
+    info: dict  # the ablation as stored with the study (question, baseline, variants, seeds, effect)
+    runs: pd.DataFrame  # one row per finished (variant, seed)
+    problems: pd.DataFrame  # runs that failed, were pruned, are still running or waiting, or duplicate another
+
+    @property
+    def order(self) -> list[str]:
+        return [BASELINE, *[v for v in self.info["variants"] if v in set(self.runs.variant)]]
+
+
+def ablation_runs(study: optuna.Study) -> AblationRuns:
+    rows, problems, seen = [], [], set()
+    for t in study.get_trials(deepcopy=False):
+        variant, seed = run_pair(t)
         record = TrialRecord.of(t)
-        rows.append({"variant": t.params["variant"], "seed": t.params["seed"], "valid": t.value, "test": record.test,
-                     "parameters": record.parameters, "seconds_per_epoch": record.seconds_per_epoch,
-                     "best_epoch": record.best_epoch, "curve": record.curve})
-    return pd.DataFrame(rows)
-
-
-def ablation_sections(page: Page, study: optuna.Study) -> None:
-    info = study.user_attrs["ablation"]
+        if t.state != TrialState.COMPLETE or (variant, seed) in seen:
+            reason = "a duplicate of a finished run (kept out)" if t.state == TrialState.COMPLETE else record.reason or ""
+            if variant is not None and not reason.startswith("surplus"):
+                problems.append({"variant": variant, "seed": seed, "trial": t.number, "state": t.state.name.lower(), "reason": reason})
+            continue
+        seen.add((variant, seed))
+        rows.append({"variant": variant, "seed": seed, "valid": t.value, "test": record.test, "parameters": record.parameters,
+                     "seconds_per_epoch": record.seconds_per_epoch, "best_epoch": record.best_epoch, "curve": record.curve})
     dataset = study.user_attrs["dataset"]
-    metric = dataset["metric"]
-    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    frame = ablation_frame(study)
+    return AblationRuns(study, dataset["name"], dataset["metric"], study.direction == optuna.study.StudyDirection.MAXIMIZE,
+                        study.user_attrs["ablation"], pd.DataFrame(rows), pd.DataFrame(problems))
+
+
+def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
+    """Every variant against the baseline on every dataset, over matching seeds; Holm over the whole family."""
+    family = sum(len(d.order) - 1 for d in datasets)
+    rows = []
+    for d in datasets:
+        by_seed = {v: d.runs[d.runs.variant == v].set_index("seed") for v in d.order}
+        base = by_seed[BASELINE]
+        for variant in d.order[1:]:
+            seeds = sorted(set(by_seed[variant].index) & set(base.index))
+            own = by_seed[variant].loc[seeds]
+            test = paired_comparison(own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family, d.info.get("effect"))
+            valid = paired_comparison(own["valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy(), family)
+            rows.append({"dataset": d.dataset, "variant": variant, **test, "valid_diff": valid["mean_diff"], "p_valid": valid.get("p_t"),
+                         "higher": d.higher, "effect": d.info.get("effect")})
+    frame = pd.DataFrame(rows)
     if frame.empty:
-        raise UserError(f"study {study.study_name} has no finished runs yet; run `ggt-search ablate` first")
-    order = ["baseline", *[v for v in info["variants"] if v in set(frame.variant)]]
-    page.heading(f"Ablation: {info['idea']} ({study.study_name})")
+        return frame
+    testable = frame["testable"].to_numpy()
+    frame["p_holm"] = np.nan
+    if testable.any():
+        frame.loc[testable, "p_holm"] = holm(frame.loc[testable, "p_t"].tolist())
+    frame["verdict"] = [verdict(r, r["higher"], r["effect"]) for r in frame.to_dict("records")]
+    return frame
+
+
+def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
+    datasets = [ablation_runs(s) for s in studies]
+    empty = [d.study.study_name for d in datasets if d.runs.empty]
+    if empty:
+        raise UserError(f"study {', '.join(empty)} has no finished runs yet; run `ggt-search ablate` first")
+    info = datasets[0].info
+    group = studies[0].user_attrs.get("group", studies[0].study_name)
+    page.heading(f"Ablation: {info['idea']} ({group})")
     if info.get("question"):
         page.text(info["question"])
-    page.text(f"Dataset {dataset['name']} ({dataset['graphs']} graphs, metric {metric}, "
-              f"{'higher' if higher else 'lower'} is better). Each variant changes one thing of the baseline; "
-              f"seeds {info['seeds']}; same epoch budget for all; no pruning.")
+    page.text(f"Datasets: {', '.join(d.dataset for d in datasets)}. Each variant changes one thing of the baseline; seeds "
+              f"{info['seeds']}; every run has the same epoch budget, no pruning; validation picks each run's epoch, and "
+              f"test is scored once, with that epoch's weights.")
+    comparison = compare(datasets)
+    verdict_section(page, comparison, len(datasets))
+    for d in datasets:
+        dataset_sections(page, d, comparison[comparison.dataset == d.dataset])
+    if len(datasets) > 1 or len(info["seeds"]) > 1:
+        rank_section(page, datasets)
+    configuration_section(page, datasets)
+    runs = pd.concat([d.runs.drop(columns="curve").assign(dataset=d.dataset) for d in datasets])
+    runs[["dataset", "variant", "seed", "valid", "test", "best_epoch", "parameters", "seconds_per_epoch"]].to_csv(page.out / "runs.csv", index=False)
+    page.text("Every finished run, one row per (dataset, variant, seed): runs.csv beside this report.")
 
-    rows = []
-    base = frame[frame.variant == "baseline"].set_index("seed")
-    for variant in order[1:]:
-        own = frame[frame.variant == variant].set_index("seed")
-        seeds = sorted(set(own.index) & set(base.index))
-        if not seeds:
-            continue
-        row = {"variant": variant, **paired_comparison(own.loc[seeds, "test"].to_numpy(), base.loc[seeds, "test"].to_numpy())}
-        row["p_valid_t"] = paired_comparison(own.loc[seeds, "valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy())["p_t"]
-        rows.append(row)
-    comparison = pd.DataFrame(rows)
-    if not comparison.empty:
-        comparison["p_holm"] = holm(comparison["p_t"].tolist())
-        comparison["verdict"] = [verdict(r, higher) for r in comparison.to_dict("records")]
 
+def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None:
     page.heading("Verdicts", 3)
+    testable = int(comparison["testable"].sum()) if not comparison.empty else 0
+    page.text(f"Paired t-tests on test over matching seeds, Holm-corrected over all {testable} testable comparisons"
+              f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is each "
+              f"difference's own; the family-adjusted CI (Bonferroni, level 1 - {ALPHA}/m) is the one that goes with the "
+              f"Holm decision. 'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out.")
     for r in comparison.to_dict("records"):
-        page.text(f"{r['variant']} vs baseline: {r['verdict']}")
+        where = f" on {r['dataset']}" if datasets > 1 else ""
+        page.text(f"{r['variant']} vs baseline{where}: {r['verdict']}")
 
-    page.heading("Scores per variant (final evaluation: validation-selected epoch, test scored once)", 3)
-    summary = frame.groupby("variant").agg(
-        seeds=("seed", "count"), valid_mean=("valid", "mean"), valid_std=("valid", "std"),
-        test_mean=("test", "mean"), test_std=("test", "std"), parameters=("parameters", "first"),
+
+def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> None:
+    metric, order = d.metric, d.order
+    page.heading(f"{d.dataset}: scores per variant ({metric}, {'higher' if d.higher else 'lower'} is better)", 3)
+    summary = d.runs.groupby("variant").agg(
+        seeds=("seed", "count"), valid_mean=("valid", "mean"), valid_std=("valid", "std"), test_mean=("test", "mean"),
+        test_std=("test", "std"), best_epoch=("best_epoch", "mean"), parameters=("parameters", "first"),
         seconds_per_epoch=("seconds_per_epoch", "mean")).reindex(order).reset_index()
     page.table(summary)
-    long = frame.melt(id_vars=["variant", "seed"], value_vars=["valid", "test"], var_name="split", value_name=metric)
-    grid = sns.catplot(data=long, x="variant", y=metric, col="split", order=order, kind="strip", color="0.4", alpha=0.6, height=3.6, aspect=1.3)
-    for ax, split in zip(grid.axes.flat, ["valid", "test"]):
-        sns.pointplot(data=long[long.split == split], x="variant", y=metric, order=order, errorbar=("ci", 95), color="C3",
-                      linestyle="none", markers="D", ax=ax)
-        ax.tick_params(axis="x", rotation=30)
-    page.figure(grid.figure, "scores", f"{metric} per variant over seeds: points are seeds; diamonds mean with 95% CI")
+    slug = Path(d.dataset).stem
+    page.figure(scores_figure(d), f"scores-{slug}", f"{metric} per variant: dots are seeds; bars the mean with its 95% t-interval")
+    if comparison.empty:
+        return
+    page.heading(f"{d.dataset}: paired differences to the baseline (test, matching seeds)", 3)
+    columns = ["variant", "n", "mean_diff", "ci_low", "ci_high", "adj_low", "adj_high", "p_t", "p_wilcoxon", "p_holm", "detectable"]
+    if comparison["effect"].notna().any():
+        columns.append("seeds_for_effect")
+    page.table(comparison.reindex(columns=columns))
+    page.figure(differences_figure(comparison, metric), f"differences-{slug}",
+                "Paired test differences to the baseline: the 95% CI (thick) and the family-adjusted CI (thin), as in the table; "
+                "the line is no effect")
+    page.heading(f"{d.dataset}: validation and test", 3)
+    for r in comparison.to_dict("records"):
+        if r["testable"] and np.sign(r["valid_diff"]) != np.sign(r["mean_diff"]):
+            page.text(f"{r['variant']}: validation and test disagree in sign (valid {r['valid_diff']:+.4f}, test {r['mean_diff']:+.4f}); "
+                      f"the validation set is small or the effect is within noise.")
+    page.table(comparison.reindex(columns=["variant", "valid_diff", "p_valid", "mean_diff", "p_t"]).rename(columns={"mean_diff": "test_diff", "p_t": "p_test"}))
+    page.figure(curves_figure(d), f"curves-{slug}", f"Validation {metric} per epoch: mean over seeds with its 95% t-interval")
 
-    if not comparison.empty:
-        page.heading("Paired differences to the baseline (test, matching seeds)", 3)
-        page.table(comparison[["variant", "n", "mean_diff", "ci_low", "ci_high", "p_t", "p_wilcoxon", "p_holm", "p_valid_t"]])
-        diffs = []
-        for variant in comparison.variant:
-            own = frame[frame.variant == variant].set_index("seed")
-            seeds = sorted(set(own.index) & set(base.index))
-            diffs += [{"variant": variant, "difference": own.loc[s, "test"] - base.loc[s, "test"]} for s in seeds]
-        fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(comparison)))
-        sns.stripplot(data=pd.DataFrame(diffs), y="variant", x="difference", color="0.4", ax=ax)
-        sns.pointplot(data=pd.DataFrame(diffs), y="variant", x="difference", errorbar=("ci", 95), color="C3", linestyle="none", markers="D", ax=ax)
-        ax.axvline(0, color="0.2", lw=1)
-        ax.set_xlabel(f"test {metric}: variant - baseline (same seed)")
-        page.figure(fig, "differences", "Paired differences to the baseline; diamonds mean with 95% CI; the line is no effect")
 
-    page.heading("Learning curves (validation)", 3)
-    curves = [{"variant": r.variant, "seed": r.seed, "epoch": e + 1, metric: v} for r in frame.itertuples() for e, v in enumerate(r.curve)]
+def scores_figure(d: AblationRuns):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
+    for ax, split in zip(axes, ["valid", "test"]):
+        for x, variant in enumerate(d.order):
+            values = d.runs.loc[d.runs.variant == variant, split].to_numpy()
+            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(x + offsets, values, color="0.5", s=14, zorder=2)
+            low, high = t_interval(values)
+            ax.errorbar(x + 0.3, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], fmt="D", color="C3", capsize=3, zorder=3)
+        ax.set_xticks(range(len(d.order)), d.order, rotation=30, ha="right")
+        ax.set_title(split)
+        ax.set_ylabel(d.metric)
+    return fig
+
+
+def differences_figure(comparison: pd.DataFrame, metric: str):
+    rows = comparison[comparison.testable]
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.5 * max(len(rows), 1)))
+    for y, r in enumerate(rows.to_dict("records")):
+        ax.plot([r["adj_low"], r["adj_high"]], [y, y], color="C3", lw=1)
+        ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="C3", lw=4)
+        ax.plot(r["mean_diff"], y, "D", color="k")
+    ax.set_yticks(range(len(rows)), rows.variant)
+    ax.axvline(0, color="0.2", lw=1)
+    ax.set_xlabel(f"test {metric}: variant - baseline (same seed)")
+    return fig
+
+
+def curves_figure(d: AblationRuns):
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=pd.DataFrame(curves), x="epoch", y=metric, hue="variant", hue_order=order, errorbar=("ci", 95), ax=ax)
-    page.figure(fig, "curves", f"Validation {metric} per epoch, mean over seeds with 95% CI")
+    for i, variant in enumerate(d.order):
+        curves = d.runs.loc[d.runs.variant == variant, "curve"].tolist()
+        epochs = min(len(c) for c in curves)
+        values = np.array([c[:epochs] for c in curves])
+        bands = np.array([t_interval(values[:, e]) for e in range(epochs)])
+        ax.plot(range(1, epochs + 1), values.mean(0), color=f"C{i % 10}", label=variant)
+        ax.fill_between(range(1, epochs + 1), bands[:, 0], bands[:, 1], color=f"C{i % 10}", alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {d.metric}")
+    ax.legend(fontsize=8)
+    return fig
 
-    page.heading("Cost", 3)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    sns.barplot(data=summary, x="variant", y="parameters", order=order, color="C0", ax=axes[0])
-    sns.barplot(data=frame, x="variant", y="seconds_per_epoch", order=order, color="C1", errorbar=("ci", 95), ax=axes[1])
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-    page.figure(fig, "cost", "Parameters and seconds per epoch per variant")
+
+def rank_section(page: Page, datasets: list[AblationRuns]) -> None:
+    """GraphGym-style: within each (dataset, seed) cell, rank the variants by test score (1 = best)."""
+    rows = []
+    for d in datasets:
+        for seed, cell in d.runs.groupby("seed"):
+            ranks = cell.set_index("variant")["test"].rank(ascending=not d.higher, method="average")
+            rows += [{"dataset": d.dataset, "seed": seed, "variant": v, "rank": r} for v, r in ranks.items()]
+    ranks = pd.DataFrame(rows)
+    order = datasets[0].order
+    page.heading("Ranks across (dataset, seed) cells", 3)
+    page.text("Within each cell (one dataset, one seed) the variants are ranked by their test score, 1 = best, ties averaged. "
+              "A variant that helps everywhere ranks low everywhere; the spread shows how much the ranking depends on the cell.")
+    page.table(ranks.groupby("variant")["rank"].agg(["mean", "median", "count"]).reindex(order).reset_index())
+    counts = ranks.assign(rank=ranks["rank"].round().astype(int)).pivot_table(index="variant", columns="rank", values="seed", aggfunc="count", fill_value=0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * counts.shape[1], 0.8 + 0.4 * len(counts)))
+    sns.heatmap(counts.reindex(order), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set_xlabel("rank in its (dataset, seed) cell (1 = best)")
+    page.figure(fig, "ranks", "How often each variant took each rank")
+
+
+def configuration_section(page: Page, datasets: list[AblationRuns]) -> None:
+    info = datasets[0].info
+    page.heading("Run configuration", 3)
+    baseline = info["baseline"]
+    page.text("Baseline (model and training): " + ", ".join(f"{k}={v}" for k, v in {**baseline["model"], **baseline["train"]}.items()
+                                                            if k not in ("seed", "device")))
+    page.text("Variants: " + "; ".join(f"{name}: {change}" for name, change in info["variants"].items()))
+    for d in datasets:
+        sizes = d.runs.groupby("variant")["parameters"].first().reindex(d.order)
+        base = sizes[BASELINE]
+        differing = [f"{v} ({int(n):,})" for v, n in sizes.items() if v != BASELINE and n != base]
+        if differing:
+            page.text(f"{d.dataset}: the baseline has {int(base):,} parameters; variants of another size: {', '.join(differing)}. "
+                      f"A size change is part of what such a variant changes.")
+        if not d.problems.empty:
+            page.text(f"{d.dataset}: runs not in the statistics (failed, pruned, unfinished or duplicated):")
+            page.table(d.problems)
 
 
 # ----------------------------------------------------------------------------- search sections
@@ -223,27 +394,43 @@ def search_sections(page: Page, study: optuna.Study) -> None:
     if not trials:
         raise UserError(f"study {study.study_name} has no completed trial yet")
     higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    page.heading(f"Search: {study.study_name}")
+    attrs, name = study.user_attrs, study.study_name
+    page.heading(f"Search: {name}")
     states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts().to_dict()
-    page.text(f"{len(study.trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); objective: validation metric, "
-              f"{'maximised' if higher else 'minimised'}. Test labels are not read during search.")
+    page.text(f"{len(study.trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); objective: validation "
+              f"{attrs.get('metric', 'metric')}, {'maximised' if higher else 'minimised'}. Test labels are not read during search.")
+    hardware = sorted({f"{(TrialRecord.of(t).environment or {}).get('hardware', '?')} ({(TrialRecord.of(t).environment or {}).get('device', '?')})"
+                       for t in trials})
+    page.text(f"Dataset {attrs.get('dataset', {}).get('name', '?')}; {attrs.get('epochs', '?')} epochs per trial at most; sampler "
+              f"{attrs.get('sampler', '?')}, pruner {attrs.get('pruner', '?')}; hardware: {', '.join(hardware)}. "
+              f"Command: {attrs.get('command', 'not recorded')}")
 
     history = pd.DataFrame({"trial": [t.number for t in trials], "value": [t.value for t in trials]})
     history["best so far"] = history["value"].cummax() if higher else history["value"].cummin()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.scatterplot(data=history, x="trial", y="value", color="0.5", ax=ax, label="trial")
-    sns.lineplot(data=history, x="trial", y="best so far", color="C3", drawstyle="steps-post", ax=ax, label="best so far")
+    ax.scatter(history["trial"], history["value"], color="0.5", s=14, label="trial")
+    ax.step(history["trial"], history["best so far"], where="post", color="C3", label="best so far")
+    ax.legend()
     ax.set_ylabel("validation metric")
     page.heading("Optimisation history", 3)
-    page.figure(fig, "history", "Validation metric of each completed trial, and the best so far")
+    page.figure(fig, f"history-{name}", "Validation metric of each completed trial, and the best so far")
 
     page.heading("Parameter importances (fANOVA)", 3)
     if len(trials) >= 4:
-        importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-        frame = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
-        fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(frame)))
-        sns.barplot(data=frame, y="parameter", x="importance", color="C0", ax=ax)
-        page.figure(fig, "importances", "Share of the validation metric's variance explained by each parameter")
+        if len(trials) < 20:
+            page.text(f"Warning: only {len(trials)} completed trials. Importances from fewer than about 20 are unstable: "
+                      f"read them as a hint, not a ranking.")
+        frame = pd.DataFrame([optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                              for seed in range(5)])
+        summary = pd.DataFrame({"parameter": frame.columns, "importance": frame.mean(), "std over 5 forests": frame.std()})
+        summary = summary.sort_values("importance", ascending=False)
+        page.table(summary)
+        fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(summary)))
+        ax.barh(summary["parameter"], summary["importance"], xerr=summary["std over 5 forests"], color="C0")
+        ax.invert_yaxis()
+        ax.set_xlabel("importance")
+        page.figure(fig, f"importances-{name}", "Share of the validation metric's variance explained by each parameter: the mean "
+                    "over 5 random forests, with their standard deviation")
     else:
         page.text("Fewer than 4 completed trials: importances are not estimated.")
 
@@ -261,7 +448,7 @@ def search_sections(page: Page, study: optuna.Study) -> None:
                   "(1 = best). Lower mean rank = a better choice, other things equal.")
         page.table(ranks.groupby(["dimension", "choice"])["rank"].agg(["mean", "count"]).reset_index())
         grid = sns.catplot(data=ranks, x="choice", y="rank", col="dimension", kind="violin", sharex=False, col_wrap=3, height=2.8, cut=0)
-        page.figure(grid.figure, "ranks", "Distribution of each choice's rank among otherwise matched trials")
+        page.figure(grid.figure, f"design-ranks-{name}", "Distribution of each choice's rank among otherwise matched trials")
 
 
 def design_ranks(trials, higher: bool) -> pd.DataFrame:
@@ -304,19 +491,25 @@ def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> No
 
 
 def build_report(names: list[str], storage: str, out: Path) -> Path:
+    """A report of each named search study or ablation (an ablation on several datasets is one name, its group)."""
     store = open_storage(storage, must_exist=True)
-    known = {s.study_name for s in optuna.get_all_study_summaries(store)}
-    missing = [n for n in names if n not in known]
+    summaries = optuna.get_all_study_summaries(store)
+    groups = {name: [s.study_name for s in summaries if s.user_attrs.get("group") == name or (s.study_name == name and "group" not in s.user_attrs)]
+              for name in names}
+    missing = [name for name, members in groups.items() if not members]
     if missing:
-        raise UserError(f"no study named {', '.join(missing)} in {storage}; studies there: {', '.join(sorted(known)) or 'none'}")
-    studies = [optuna.load_study(study_name=n, storage=store) for n in names]
+        known = sorted({s.user_attrs.get("group", s.study_name) for s in summaries})
+        raise UserError(f"no study named {', '.join(missing)} in {storage}; studies there: {', '.join(known) or 'none'}")
     sns.set_theme(style="whitegrid", context="notebook")
     page = Page(out, f"ggt-search report: {', '.join(names)}")
-    for study in studies:
-        if study.user_attrs.get("kind") == "ablation":
-            ablation_sections(page, study)
+    studies = []
+    for members in groups.values():
+        loaded = [optuna.load_study(study_name=n, storage=store) for n in sorted(members)]
+        studies += loaded
+        if loaded[0].user_attrs.get("kind") == "ablation":
+            ablation_sections(page, loaded)
         else:
-            search_sections(page, study)
+            search_sections(page, loaded[0])
     reproducibility(page, studies, storage)
     page.write()
     return out / "index.html"

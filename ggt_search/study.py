@@ -85,6 +85,11 @@ def open_study(settings: SearchSettings, metric: str, space: dict, worker: int =
         direction="maximize" if HIGHER_IS_BETTER[metric] else "minimize",
         load_if_exists=True,
     )
+    study.set_metric_names([f"valid {metric}"])  # the dashboard's name for the objective
+    for key, value in {"kind": "search", "metric": metric, "space": space, "epochs": settings.base.train.epochs,
+                       "dataset": settings.base.dataset.to_dict(), "sampler": settings.sampler, "pruner": settings.pruner,
+                       "command": " ".join(["ggt-search", *sys.argv[1:]])}.items():
+        study.set_user_attr(key, value)
     # Seeded by the trials already there too: a resumed study (or a second worker) must
     # not replay the first run's random start-up trials.
     existing = len(study.get_trials(deepcopy=False))

@@ -4,11 +4,12 @@ import shutil
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from scipy import stats
 
 from ggt_search import cli
-from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
+from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
 from ggt_search.errors import UserError
 from ggt_search.report import build_report, holm, paired_comparison
 from tests.conftest import age_heartbeats
@@ -43,11 +44,11 @@ def test_every_variant_and_seed_runs_once_and_resumes(ablation_storage, bbbp_csv
     shutil.copy(shared_storage.removeprefix("sqlite:///"), tmp_path / "own.db")  # adding a seed must not change the shared study
     storage = f"sqlite:///{tmp_path}/own.db"
     study = optuna.load_study(study_name="conv", storage=storage)
-    pairs = sorted((t.params["variant"], t.params["seed"]) for t in study.trials)
+    pairs = sorted(run_pair(t) for t in study.trials)
     assert pairs == sorted((v, s) for v in ("baseline", "gcn", "mlp") for s in (0, 1, 2))
     assert all(t.state == optuna.trial.TrialState.COMPLETE and 0 <= t.user_attrs["test"] <= 1 for t in study.trials)
     ablation = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3")  # one more seed
-    again = run_ablation(AblationSettings(ablation, "conv", storage))
+    (again,) = run_ablation(AblationSettings(ablation, "conv", storage))
     assert "3 runs to do" in capsys.readouterr().out  # only seed 3 of each variant
     assert len(again.trials) == 12
 
@@ -57,11 +58,13 @@ def test_report_has_every_section_and_figure(ablation_storage, tmp_path):
     out = tmp_path / "report"
     build_report(["conv"], storage, out)
     md = (out / "report.md").read_text()
-    for section in ("Ablation: anisotropic convolution", "Verdicts", "Scores per variant", "Paired differences", "Learning curves", "Cost", "Reproducibility", "as recorded by each run", "sha256"):
+    for section in ("Ablation: anisotropic convolution", "Verdicts", "scores per variant", "paired differences", "validation and test",
+                    "Ranks across", "Run configuration", "Reproducibility", "as recorded by each run", "sha256", "family-adjusted CI"):
         assert section in md, section
     assert "gcn vs baseline:" in md and ("no detectable effect at 3 seeds" in md or "helps" in md or "hurts" in md)
-    for figure in ("scores", "differences", "curves", "cost"):
-        assert (out / f"{figure}.png").stat().st_size > 5000
+    for figure in ("scores", "differences", "curves"):
+        assert (out / f"{figure}-bbbp300.png").stat().st_size > 5000
+    assert (out / "ranks.png").exists() and (out / "runs.csv").read_text().count("\n") == 1 + 9
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # self-contained
 
@@ -80,9 +83,13 @@ def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
     md = (out / "report.md").read_text()
     for section in ("Optimisation history", "Parameter importances", "Best configurations", "Design-space ranks"):
         assert section in md
-    assert "test" not in md.split("## Reproducibility")[0].lower().replace("test labels are not read", "")
-    for figure in ("history", "importances", "ranks"):
+    search_part = md.split("## Reproducibility")[0]
+    assert not any(column in search_part for column in ("| test", "test_mean", "test rocauc", "test_diff"))  # no test score shown
+    for figure in ("history-s", "importances-s", "design-ranks-s"):
         assert (out / f"{figure}.png").exists()
+    assert "Warning: only 6 completed trials" in md and "sampler grid, pruner none" in md
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.metric_names == ["valid rocauc"] and study.user_attrs["epochs"] == 2  # what the dashboard shows
 
 
 def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
@@ -143,11 +150,11 @@ def test_a_killed_run_is_rerun_when_the_ablation_restarts(bbbp_csv, tmp_path, ca
     enqueue_missing(study, ablation)
     killed = study.ask()  # a worker takes the first pair, beats once, and dies
     study._storage.record_heartbeat(killed._trial_id)
-    killed_pair = (killed.suggest_categorical("variant", ["baseline", "gcn", "mlp"]), killed.suggest_int("seed", 0, 0))
+    killed_pair = run_pair(study.trials[killed.number])
     age_heartbeats(storage, seconds=60)  # past the grace period of 4 heartbeats, without waiting for it
 
-    done = run_ablation(AblationSettings(ablation, "conv", storage, heartbeat=1))
-    complete = [(t.params["variant"], t.params["seed"]) for t in done.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    (done,) = run_ablation(AblationSettings(ablation, "conv", storage, heartbeat=1))
+    complete = [run_pair(t) for t in done.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
     assert sorted(complete) == [("baseline", 0), ("gcn", 0), ("mlp", 0)]
     assert killed_pair in complete
     assert done.trials[killed.number].state == optuna.trial.TrialState.FAIL
@@ -163,3 +170,92 @@ def test_ablation_files_that_would_train_something_else_are_refused(tmp_path, te
     path.write_text(text)
     with pytest.raises(UserError, match=message):
         load_ablation(path, epochs=epochs)
+
+
+def test_power_analysis_matches_the_known_paired_t_figures():
+    from ggt_search.report import detectable_effect, power, seeds_needed
+
+    # Two-sided paired t-test, n = 10, alpha 0.05, power 0.8: d = 0.996 (G*Power rounds to 0.99). Checked
+    # independently by simulation: seeded draws of 10 differences with that mean reject H0 80% of the time.
+    effect = detectable_effect(sd=1.0, n=10, alpha=0.05)
+    assert effect == pytest.approx(0.996, abs=0.001)
+    draws = np.random.default_rng(0).normal(effect, 1.0, (200_000, 10))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(10))
+    assert (np.abs(t) > stats.t.ppf(0.975, 9)).mean() == pytest.approx(0.8, abs=0.004)
+    assert power(detectable_effect(0.02, 7, 0.05), 0.02, 7, 0.05) == pytest.approx(0.8)
+    assert seeds_needed(effect, 1.0, 0.05) == 10 and seeds_needed(0.5, 1.0, 0.05) > 30
+
+
+def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
+    one = paired_comparison(np.array([0.8]), np.array([0.7]))
+    assert not one["testable"] and "p_t" not in one and "1 paired seed" in one["why"]
+    flat = paired_comparison(np.array([0.8, 0.9]), np.array([0.7, 0.8]))
+    assert not flat["testable"] and "same difference" in flat["why"]
+
+
+def add_variant(text: str) -> str:
+    return text.replace("  mlp: {model: {conv: mlp}}", "  mlp: {model: {conv: mlp}}\n  post-norm: {model: {norm_position: post}}")
+
+
+def test_one_seed_gives_no_p_value_and_adding_a_variant_later_works(bbbp_csv, tmp_path):  # noqa: F811
+    (tmp_path / "conv.yaml").write_text(ABLATION.replace("seeds: 0-2", "seeds: 0").replace("epochs: 2", "epochs: 1"))
+    storage = f"sqlite:///{tmp_path}/one.db"
+    run_ablation(AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage))
+    build_report(["conv"], storage, tmp_path / "r1")
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "gcn vs baseline: not testable (1 paired seed; a paired test needs at least 2)" in md
+    assert "Holm p" not in md and "helps" not in md and "hurts" not in md
+
+    (tmp_path / "conv.yaml").write_text(add_variant((tmp_path / "conv.yaml").read_text()))  # a new variant, same study
+    (study,) = run_ablation(AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage))
+    assert sorted(run_pair(t) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == \
+        [("baseline", 0), ("gcn", 0), ("mlp", 0), ("post-norm", 0)]
+    build_report(["conv"], storage, tmp_path / "r2")
+    assert "post-norm vs baseline: not testable" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_a_rerun_with_other_settings_is_refused_not_pooled(ablation_storage, bbbp_csv, tmp_path):  # noqa: F811
+    folder, shared_storage = ablation_storage
+    shutil.copy(shared_storage.removeprefix("sqlite:///"), tmp_path / "own.db")
+    longer = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3", epochs=3)
+    with pytest.raises(UserError, match=r"holds runs with train.epochs = 2, but this ablation asks for 3 .*--study NEW"):
+        run_ablation(AblationSettings(longer, "conv", f"sqlite:///{tmp_path}/own.db"))
+
+
+def test_a_duplicated_run_is_kept_out_and_listed(ablation_storage, tmp_path):
+    _, shared_storage = ablation_storage
+    shutil.copy(shared_storage.removeprefix("sqlite:///"), tmp_path / "dup.db")
+    storage = f"sqlite:///{tmp_path}/dup.db"
+    study = optuna.load_study(study_name="conv", storage=storage)
+    original = next(t for t in study.trials if run_pair(t) == ("gcn", 1))
+    study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=original.user_attrs | {"test": 0.0}))
+    build_report(["conv"], storage, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "a duplicate of a finished run (kept out)" in md
+
+
+def test_two_report_runs_write_identical_files(ablation_storage, tmp_path):
+    _, storage = ablation_storage
+    for name in ("a", "b"):
+        build_report(["conv"], storage, tmp_path / name)
+    for file in sorted((tmp_path / "a").iterdir()):
+        assert file.read_bytes() == (tmp_path / "b" / file.name).read_bytes(), file.name
+
+
+def test_an_ablation_on_several_datasets_gives_verdicts_per_dataset_and_ranks(moleculenet, tmp_path):
+    tables = []
+    for name, rows in (("bbbp-a", slice(0, 300)), ("bbbp-b", slice(300, 600))):
+        path = tmp_path / f"{name}.csv"
+        pd.read_csv(moleculenet / "BBBP.csv").iloc[rows].to_csv(path, index=False)
+        tables.append(str(path))
+    text = ABLATION.replace("seeds: 0-2", "seeds: 0-1").replace("epochs: 2", "epochs: 1") + f"datasets: [{tables[0]}, {tables[1]}]\n"
+    (tmp_path / "multi.yaml").write_text(text)
+    storage = f"sqlite:///{tmp_path}/multi.db"
+    studies = run_ablation(AblationSettings(load_ablation(tmp_path / "multi.yaml"), "multi", storage))
+    assert [s.study_name for s in studies] == ["multi--bbbp-a", "multi--bbbp-b"]
+    build_report(["multi"], storage, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    for dataset in ("bbbp-a", "bbbp-b"):
+        assert f"gcn vs baseline on {dataset}:" in md and f"{dataset}: scores per variant" in md
+    assert "Ranks across (dataset, seed) cells" in md and (tmp_path / "r" / "ranks.png").exists()
+    assert "testable comparisons on 2 datasets" in md
