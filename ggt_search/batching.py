@@ -44,6 +44,9 @@ class Batch:
     pe: torch.Tensor | None  # [n, k]
     y: torch.Tensor  # [num_graphs, tasks], NaN = missing (and every entry of an empty slot)
     real_graphs: int  # graphs actually in the batch (< num_graphs only in a padded last batch)
+    max_nodes: int = 0  # atoms of the dataset's largest molecule: the dense width of global attention
+    atom_cycles: torch.Tensor | None = None  # [n, 6] cycles of 3..8 atoms through each atom (model.substructures)
+    bond_cycles: torch.Tensor | None = None  # [e, 6] the same for each bond
     # Padded batches only: which rows are real. None means every row is.
     node_mask: torch.Tensor | None = None  # [n]
     edge_mask: torch.Tensor | None = None  # [e]
@@ -72,14 +75,16 @@ class Batch:
 class DeviceGraphs:
     """A GraphSet's tensors on one device, cut into batches without leaving it."""
 
-    def __init__(self, graphs: GraphSet, device: torch.device | str, pe_dim: int = 0):
+    def __init__(self, graphs: GraphSet, device: torch.device | str, pe_dim: int = 0, substructures: bool = False):
         self.device = torch.device(device)
         to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
         self.atoms, self.bonds, self.edges = to(graphs.atoms), to(graphs.bonds), to(graphs.edges)
         self.node_ptr, self.edge_ptr, self.y = to(graphs.node_ptr), to(graphs.edge_ptr), to(graphs.y)
         self.pe = to(graphs.load_pe(pe_dim)[:, :pe_dim].contiguous()) if pe_dim else None
+        self.atom_cycles, self.bond_cycles = map(to, graphs.load_substructures()) if substructures else (None, None)
         self.split = {name: to(idx) for name, idx in graphs.split.items()}
         self.num_nodes, self.num_edges = ptr_to_counts(self.node_ptr), ptr_to_counts(self.edge_ptr)
+        self.max_nodes = int(graphs.num_nodes().max())
         self.budget = (0, 0)  # the padded batches' (nodes, edges): only ever grows, so shapes repeat
 
     def batch(self, graphs: torch.Tensor) -> Batch:
@@ -100,6 +105,9 @@ class DeviceGraphs:
             pe=None if self.pe is None else self.pe[nodes],
             y=self.y[graphs],
             real_graphs=len(graphs),
+            max_nodes=self.max_nodes,
+            atom_cycles=None if self.atom_cycles is None else self.atom_cycles[nodes],
+            bond_cycles=None if self.bond_cycles is None else self.bond_cycles[edges],
         )
 
     def padded_batch(self, graphs: torch.Tensor, slots: int, node_budget: int, edge_budget: int) -> Batch:
@@ -126,6 +134,9 @@ class DeviceGraphs:
             pe=None if self.pe is None else self.pe[nodes] * node_mask.unsqueeze(1),
             y=y,
             real_graphs=len(graphs),
+            max_nodes=self.max_nodes,
+            atom_cycles=None if self.atom_cycles is None else self.atom_cycles[nodes],
+            bond_cycles=None if self.bond_cycles is None else self.bond_cycles[edges],
             node_mask=node_mask,
             edge_mask=edge_mask,
             graph_mask=graph_mask,

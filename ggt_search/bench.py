@@ -39,15 +39,18 @@ def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
     """The conventional path: a list of PyG Data objects, collated and copied per step."""
     g, pe_dim = trainer.graphs, trainer.config.model.pe_dim
     pe = g.load_pe(pe_dim)[:, :pe_dim] if pe_dim else None
+    cycles = g.load_substructures() if trainer.config.model.substructures else None
     data = []
     for i in graphs.tolist():
         n0, n1, e0, e1 = int(g.node_ptr[i]), int(g.node_ptr[i + 1]), int(g.edge_ptr[i]), int(g.edge_ptr[i + 1])
         data.append(Data(x=g.atoms[n0:n1], edge_index=g.edges[:, e0:e1], edge_attr=g.bonds[e0:e1], y=g.y[i:i + 1],
-                         pe=None if pe is None else pe[n0:n1], num_nodes=n1 - n0))
+                         pe=None if pe is None else pe[n0:n1], num_nodes=n1 - n0,
+                         atom_cycles=None if cycles is None else cycles[0][n0:n1], bond_cycles=None if cycles is None else cycles[1][e0:e1]))
     for batch in DataLoader(data, batch_size=batch_size, shuffle=True):
         batch = batch.to(trainer.device)
         yield Batch(batch.x, batch.edge_attr, batch.edge_index, batch.batch, batch.batch[batch.edge_index[0]],
-                    batch.num_graphs, batch.pe, batch.y, batch.num_graphs)
+                    batch.num_graphs, batch.pe, batch.y, batch.num_graphs, trainer.data.max_nodes,
+                    getattr(batch, "atom_cycles", None), getattr(batch, "bond_cycles", None))
 
 
 def fast_batches(trainer: Trainer, graphs: torch.Tensor):

@@ -32,7 +32,8 @@ CHOICES = {
     "norm_position": ("pre", "post"),
     "pe_sign_flip": ("off", "batch", "graph"),
     "pe_injection": ("concat-mlp", "add"),
-    "aggregation": ("gated", "pna"),
+    "aggregation": ("gated", "pna", "softmax", "powermean"),
+    "global_attention": ("none", "lrga", "transformer"),
     "pooling": ("mean", "sum", "max"),
 }
 
@@ -123,6 +124,12 @@ class ModelConfig:
     pe_sign_flip: str = "batch"
     pe_injection: str = "concat-mlp"
     aggregation: str = "gated"
+    message_norm: bool = False
+    graph_size_norm: bool = False
+    global_attention: str = "none"
+    attention_rank: int = 16  # lrga: the rank k of the low-rank attention
+    attention_heads: int = 4  # transformer: heads of the self-attention (hidden must divide by it)
+    substructures: bool = False  # GSN-style counts of the cycles (3..8 atoms) each atom and bond lies on
     virtual_node: bool = False
     pooling: str = "mean"
     layers: int = 5
@@ -132,11 +139,13 @@ class ModelConfig:
     def __post_init__(self):
         check_fields(self, "model")
         check_choices(self, "model", CHOICES)
-        check_at_least(self, "model", {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0})
+        check_at_least(self, "model", {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0, "attention_rank": 1, "attention_heads": 1})
         if not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.aggregation == "pna" and self.conv == "mlp":
-            raise UserError("model.aggregation 'pna' needs message passing; it cannot go with conv 'mlp'")
+        if self.conv == "mlp" and (self.aggregation != "gated" or self.message_norm or self.graph_size_norm):
+            raise UserError("model.aggregation, message_norm and graph_size_norm act on message passing; conv 'mlp' has none")
+        if self.global_attention == "transformer" and self.hidden % self.attention_heads:
+            raise UserError(f"model.hidden ({self.hidden}) must be divisible by model.attention_heads ({self.attention_heads})")
 
 
 @dataclass

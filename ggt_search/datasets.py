@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 from ggt_search.config import EMBEDDED, DatasetSpec
 from ggt_search.errors import UserError
 from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
-from ggt_search.molecules import featurize, random_split, scaffold_split
+from ggt_search.molecules import CYCLE_LENGTHS, cycle_counts, featurize, parallel_map, random_split, scaffold_split
 from ggt_search.positional import laplacian_pe
 
 FEATURIZATION_VERSION = 2  # bump when molecules.py changes what a graph holds or how it is split
@@ -109,6 +108,19 @@ class GraphSet:
             if path is not None:
                 _save_verified(self.pe, path)
         return self.pe
+
+    def load_substructures(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(atoms [N, 6], bonds [E, 6]): on how many simple cycles of length 3..8 each lies; cached like the PEs."""
+        path = self.cache_dir / f"cycles-{CYCLE_LENGTHS[0]}-{CYCLE_LENGTHS[-1]}.pt" if self.cache_dir else None
+        counts = _load_verified(path) if path is not None else None
+        if counts is None:
+            per_graph = parallel_map(cycle_counts, [(self.edges[:, self.edge_ptr[g]:self.edge_ptr[g + 1]].T.numpy(),
+                                                     int(self.node_ptr[g + 1] - self.node_ptr[g])) for g in range(self.num_graphs)])
+            counts = {"atoms": torch.from_numpy(np.concatenate([a for a, _ in per_graph])),
+                      "bonds": torch.from_numpy(np.concatenate([b for _, b in per_graph]))}
+            if path is not None:
+                _save_verified(counts, path)
+        return counts["atoms"], counts["bonds"]
 
     def subset(self, graphs: torch.Tensor) -> "GraphSet":
         """A GraphSet of the given graphs (their split kept where it applies); for tests and slices."""
@@ -337,8 +349,7 @@ def _read_table(spec: DatasetSpec, path: Path) -> tuple[pd.Series, pd.DataFrame]
 
 def _build_from_table(spec: DatasetSpec, path: Path) -> GraphSet:
     smiles, labels = _read_table(spec, path)
-    with Pool(min(os.cpu_count() or 1, 8)) if len(smiles) > 2000 else _Serial() as pool:
-        parsed = pool.map(featurize, smiles.tolist(), chunksize=256)
+    parsed = parallel_map(featurize, smiles.tolist())
     invalid = [row for row, graph in enumerate(parsed) if graph is None]
     if invalid:
         lines = ", ".join(str(r + 2) for r in invalid[:10]) + (" ..." if len(invalid) > 10 else "")
@@ -393,16 +404,3 @@ def _check_split(path: Path, spec: DatasetSpec, y: np.ndarray, split, metric: st
             both = [((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any()) for t in range(y.shape[1])]
             if not any(both):
                 raise UserError(f"the {spec.split} split of {path} leaves {name} with one class only, so {metric} is undefined there; {fix}")
-
-
-class _Serial:
-    """Pool stand-in for small tables, where starting processes costs more than it saves."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items, chunksize=1):
-        return list(map(fn, items))

@@ -3,6 +3,7 @@
 A block is a pre-norm residual Transformer block whose attention is a graph convolution:
 
     h, e = h + MP(Norm(h), Norm(e))            message passing over the molecule's bonds
+    h    = h + Attention(Norm(h))              optional: global attention among all atoms
     h    = h + FFN_h(Norm(h))                  node-wise feed-forward, expansion r
     e    = e + FFN_e(Norm(e))                  bond-wise feed-forward, its own weights
 
@@ -15,25 +16,31 @@ virtual node, and a readout of [pool(h) || pool(e)]. The spec is
 | anisotropic (edge-gated) convolution   | conv: gated-gcn / gcn / mlp                |
 | large feed-forward sub-layer           | ffn, ffn_ratio                             |
 | deep residual pre-norm backbone        | residual, norm_position, layers            |
-| graph-specific normalization           | norm: batch / layer / graph / none         |
+| graph-specific normalization           | norm: batch / layer / graph / none,        |
+|                                        | message_norm, graph_size_norm              |
 | Laplacian PE as node ids               | pe_dim, pe_sign_flip, pe_injection         |
-| expressive aggregation                 | aggregation: gated / pna                   |
-| virtual node                           | virtual_node                               |
+| expressive aggregation                 | aggregation: gated / pna / softmax /       |
+|                                        | powermean                                  |
+| virtual node / global attention        | virtual_node; global_attention: none /     |
+|                                        | lrga / transformer (attention_rank, _heads)|
+| substructure counts (GSN)              | substructures                              |
 | overparameterization                   | hidden, layers                             |
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import nn
-from torch_geometric.nn import GraphNorm, MessagePassing
-from torch_geometric.nn.aggr import DegreeScalerAggregation
+from torch_geometric.nn import GraphNorm, MessageNorm, MessagePassing
+from torch_geometric.nn.aggr import DegreeScalerAggregation, PowerMeanAggregation, SoftmaxAggregation
 from torch_geometric.utils import scatter
 
 from ggt_search.batching import Batch, Segments
 from ggt_search.config import ModelConfig
-from ggt_search.indexing import ranges
+from ggt_search.indexing import counts_to_ptr, ranges
+from ggt_search.molecules import CYCLE_LENGTHS
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics skip the rows a padded batch marks as padding.
@@ -94,15 +101,56 @@ class FeedForward(nn.Sequential):
         )
 
 
-def pna_aggregation(dim: int, degree_histogram: torch.Tensor) -> nn.Module:
-    """PNA: mean/min/max/std, each scaled by identity/amplification/attenuation, mixed back to d."""
-    return nn.ModuleDict({
-        "aggregate": DegreeScalerAggregation(["mean", "min", "max", "std"], ["identity", "amplification", "attenuation"], degree_histogram),
-        "mix": nn.Linear(12 * dim, dim),
-    })
+class NeighbourAggregation(nn.Module):
+    r"""How a node combines its incoming messages, when not by the convolution's own rule.
+
+    - ``pna``: mean, min, max and std, each scaled by identity, amplification and
+      attenuation of the degree (PNA), mixed back to d by a linear layer;
+    - ``softmax``: :math:`\sum_j \mathrm{softmax}_j(t \, m_{ij}) \, m_{ij}`, per channel, with a
+      learnable inverse temperature t (init 1) per channel (DeeperGCN's SoftMax aggregator);
+    - ``powermean``: :math:`(\mathrm{mean}_j \, m_{ij}^p)^{1/p}` with a learnable p (init 1) per channel,
+      messages (and the mean of their powers) clamped into [1e-4, 100] so that powers are
+      defined: PyG's PowerMeanAggregation, DeeperGCN's PowerMean.
+
+    With the gated convolution the messages are the gated ones, :math:`m_{ij} = s_{ij} \odot B h_j`:
+    the gate still scales every channel of every message, and the aggregator's own weighting
+    replaces the gated mean's normaliser :math:`\sum_j s_{ij}`.
+    """
+
+    def __init__(self, kind: str, dim: int, degree_histogram: torch.Tensor | None):
+        super().__init__()
+        if kind == "pna":
+            self.aggregate = DegreeScalerAggregation(["mean", "min", "max", "std"], ["identity", "amplification", "attenuation"], degree_histogram)
+            self.mix = nn.Linear(12 * dim, dim)
+        else:
+            self.aggregate = {"softmax": lambda: SoftmaxAggregation(t=1.0, learn=True, channels=dim),
+                              "powermean": lambda: PowerMeanAggregation(p=1.0, learn=True, channels=dim)}[kind]()
+            self.mix = nn.Identity()
+
+    def forward(self, messages: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+        return self.mix(self.aggregate(messages, index, dim_size=dim_size))
 
 
-class GatedGCNConv(MessagePassing):
+class GraphConv(MessagePassing):
+    """What both convolutions share: the aggregation choice and the optional MessageNorm.
+
+    With `message_norm`, the aggregated message is rescaled to the node's own norm before
+    it is added (DeeperGCN's MessageNorm): :math:`m_i \leftarrow s \, \|h_i\|_2 \, m_i / \|m_i\|_2`,
+    with a learnable scalar s (init 1).
+    """
+
+    updates_edges = False
+
+    def add_aggregation(self, dim: int, config: ModelConfig, degree_histogram: torch.Tensor | None) -> None:
+        """Called by each convolution after its own linears (so that their initialisation stays the reference's)."""
+        self.neighbours = NeighbourAggregation(config.aggregation, dim, degree_histogram) if config.aggregation != "gated" else None
+        self.message_norm = MessageNorm(learn_scale=True) if config.message_norm else None
+
+    def normalised(self, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.message_norm(h, m) if self.message_norm is not None else m
+
+
+class GatedGCNConv(GraphConv):
     r"""Edge-gated graph convolution with edge-state updates (Bresson & Laurent, 2017).
 
     .. math::
@@ -111,15 +159,15 @@ class GatedGCNConv(MessagePassing):
         h'_i = A h_i + \frac{\sum_{j \to i} s_{ij} \odot B h_j}{\sum_{j \to i} s_{ij} + \epsilon}
 
     One gate per feature channel per edge (dense attention), returned with the new edge
-    states e'. With `aggregation="pna"` the gated messages are aggregated PNA-style instead.
+    states e'. Another `aggregation` aggregates the gated messages instead of the gated mean.
     """
 
     updates_edges = True
 
-    def __init__(self, dim: int, aggregation: str = "gated", degree_histogram: torch.Tensor | None = None, eps: float = 1e-10):
+    def __init__(self, dim: int, config: ModelConfig, degree_histogram: torch.Tensor | None = None, eps: float = 1e-10):
         super().__init__()
         self.A, self.B, self.C, self.D, self.E = (nn.Linear(dim, dim) for _ in range(5))
-        self.pna = pna_aggregation(dim, degree_histogram) if aggregation == "pna" else None
+        self.add_aggregation(dim, config, degree_histogram)
         self.eps = eps
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,65 +175,157 @@ class GatedGCNConv(MessagePassing):
         # index_select, not h[source]: the same gather, and its backward is an index_add
         # (several times faster than indexing's index_put on CPU)
         e_new = self.C(h).index_select(0, source) + self.D(h).index_select(0, target) + self.E(e)
-        h_new = self.A(h) + self.propagate(edge_index, Bh=self.B(h), gate=torch.sigmoid(e_new))
-        return h_new, e_new
+        m = self.propagate(edge_index, Bh=self.B(h), gate=torch.sigmoid(e_new))
+        return self.A(h) + self.normalised(h, m), e_new
 
     def message(self, Bh_j: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return gate * Bh_j
 
     def aggregate(self, messages: torch.Tensor, index: torch.Tensor, gate: torch.Tensor, dim_size: int) -> torch.Tensor:
-        if self.pna is not None:
-            return self.pna["mix"](self.pna["aggregate"](messages, index, dim_size=dim_size))
+        if self.neighbours is not None:
+            return self.neighbours(messages, index, dim_size)
         # Sums in float32 even under bf16 autocast: a normalised sum of many small gates.
         numerator = scatter(messages.float(), index, 0, dim_size, reduce="sum")
         denominator = scatter(gate.float(), index, 0, dim_size, reduce="sum")
         return (numerator / (denominator + self.eps)).to(messages.dtype)
 
 
-class MeanConv(MessagePassing):
+class MeanConv(GraphConv):
     r"""Isotropic convolution: :math:`h'_i = A h_i + \mathrm{mean}_{j \to i} B h_j` (edges untouched).
 
     The reference's `gcn` option. Not PyG's GCNConv, which normalises symmetrically by
-    both degrees. With `aggregation="pna"` the mean is replaced by PNA's aggregators and
-    degree scalers.
+    both degrees. Another `aggregation` replaces the mean.
     """
 
-    updates_edges = False
-
-    def __init__(self, dim: int, aggregation: str = "gated", degree_histogram: torch.Tensor | None = None):
+    def __init__(self, dim: int, config: ModelConfig, degree_histogram: torch.Tensor | None = None):
         super().__init__()
         self.A, self.B = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.pna = pna_aggregation(dim, degree_histogram) if aggregation == "pna" else None
+        self.add_aggregation(dim, config, degree_histogram)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.A(h) + self.propagate(edge_index, Bh=self.B(h)), None
+        return self.A(h) + self.normalised(h, self.propagate(edge_index, Bh=self.B(h))), None
 
     def message(self, Bh_j: torch.Tensor) -> torch.Tensor:
         return Bh_j
 
     def aggregate(self, messages: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-        if self.pna is not None:
-            return self.pna["mix"](self.pna["aggregate"](messages, index, dim_size=dim_size))
+        if self.neighbours is not None:
+            return self.neighbours(messages, index, dim_size)
         return scatter(messages, index, 0, dim_size, reduce="mean")
 
 
 CONVOLUTIONS = {"gated-gcn": GatedGCNConv, "gcn": MeanConv}  # conv "mlp": no message passing at all
 
 
+def graph_sizes(rows: Segments) -> torch.Tensor:
+    """Rows per graph slot (atoms per molecule, for node rows), the padding slot included."""
+    return scatter(torch.ones_like(rows.index), rows.index, 0, rows.count, reduce="sum")
+
+
+class LowRankGlobalAttention(nn.Module):
+    r"""LRGA (Puny et al., 2020): attention of rank k among all nodes of each graph, linear in n.
+
+    For a graph with node states X (n x d):
+
+    .. math::
+        U, V, Z, T = \mathrm{ReLU}(X W_U), \mathrm{ReLU}(X W_V), \mathrm{ReLU}(X W_Z), \mathrm{ReLU}(X W_T)
+        \quad (d \to k \text{ each})
+
+        \eta = \tfrac{1}{n} \mathbf{1}^\top U V^\top \mathbf{1} + \epsilon, \qquad
+        \mathrm{LRGA}(X) = \big[\, U (V^\top Z) / \eta \;\|\; T \,\big] W_{out} \quad (2k \to d)
+
+    V^T Z (k x k) and the sums are per-graph scatters, so the n x n matrix is never formed.
+    """
+
+    def __init__(self, dim: int, rank: int, eps: float = 1e-6):
+        super().__init__()
+        self.project = nn.Linear(dim, 4 * rank)  # W_U, W_V, W_Z, W_T side by side
+        self.out = nn.Linear(2 * rank, dim)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        rows = batch.nodes
+        U, V, Z, T = torch.relu(self.project(x)).chunk(4, dim=-1)
+        VZ = scatter(V.unsqueeze(2) * Z.unsqueeze(1), rows.index, 0, rows.count, reduce="sum")  # [graphs, k, k]
+        n = graph_sizes(rows).clamp(min=1)
+        eta = (scatter(U, rows.index, 0, rows.count, reduce="sum") * scatter(V, rows.index, 0, rows.count, reduce="sum")).sum(-1) / n + self.eps
+        attended = torch.einsum("nk,nkl->nl", U, VZ.index_select(0, rows.index)) / eta.index_select(0, rows.index).unsqueeze(1)
+        return self.out(torch.cat([attended, T], dim=-1))
+
+
+class GraphSelfAttention(nn.Module):
+    r"""Multi-head self-attention among the nodes of each graph (GraphGPS's global attention):
+    :math:`\mathrm{softmax}(Q K^\top / \sqrt{d_h}) V` per head, over the graph's own nodes.
+
+    Nodes are laid out densely, [graphs, max_nodes, d], where max_nodes is the dataset's
+    largest molecule: a static shape, so a padded batch needs no host sync. Padding rows go
+    to a discarded slot, and empty positions are masked out of the keys.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        rows, width, d = batch.nodes, batch.max_nodes, x.shape[1]
+        start = counts_to_ptr(graph_sizes(rows))[:-1]  # rows are grouped by graph slot, in order
+        position = torch.arange(len(x), device=x.device) - start.index_select(0, rows.index)
+        real = position < width if rows.mask is None else (position < width) & rows.mask
+        discard = rows.count * width
+        slot = torch.where(real, rows.index * width + position, discard)  # where each row sits in the dense layout
+        dense = x.new_zeros(discard + 1, d).index_add(0, slot, x)[:-1].view(rows.count, width, d)
+        occupied = x.new_zeros(discard + 1).index_add(0, slot, torch.ones_like(x[:, 0]))[:-1].view(rows.count, width) > 0
+        occupied[:, 0] = True  # an empty graph slot still attends somewhere (to zeros), never to nothing (NaN)
+        q, k, v = self.qkv(dense).view(rows.count, width, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=occupied[:, None, None, :],
+                                                  dropout_p=self.dropout if self.training else 0.0)
+        flat = torch.cat([attended.transpose(1, 2).reshape(discard, d), x.new_zeros(1, d)])
+        return self.out(flat.index_select(0, slot))
+
+
+class SubstructureEncoder(nn.Module):
+    r"""GSN-style structural features (Bouritsas et al., 2020): for each atom (or bond), on how
+    many simple cycles of each length 3..8 it lies, each (length, count) pair embedded and
+    summed, as OGB's AtomEncoder sums one embedding per feature. Counts above 9 share one
+    embedding. Added to the atom and bond encoders' output when `substructures` is on.
+    """
+
+    MAX_COUNT = 9
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(len(CYCLE_LENGTHS) * (self.MAX_COUNT + 1), dim)
+        self.register_buffer("offset", torch.arange(len(CYCLE_LENGTHS)) * (self.MAX_COUNT + 1), persistent=False)
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return self.embedding(counts.clamp(max=self.MAX_COUNT) + self.offset).sum(dim=1)
+
+
+GLOBAL_ATTENTION = {
+    "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank),
+    "transformer": lambda c: GraphSelfAttention(c.hidden, c.attention_heads, c.dropout),
+}
+
+
 class Block(nn.Module):
     """One Transformer block: a message-passing sub-layer, then node and edge FFN sub-layers.
 
     Each sub-layer is x + f(Norm(x)) (pre-norm, the default), Norm(x + f(x)) (post-norm),
-    or without the `x +` when `residual` is off.
+    or without the `x +` when `residual` is off. With `global_attention`, a third sub-layer
+    between them lets every node attend to every node of its molecule.
     """
 
     def __init__(self, config: ModelConfig, degree_histogram: torch.Tensor | None):
         super().__init__()
         d, c = config.hidden, config
-        self.pre_norm, self.residual = c.norm_position == "pre", c.residual
-        self.conv = CONVOLUTIONS[c.conv](d, c.aggregation, degree_histogram) if c.conv in CONVOLUTIONS else None
+        self.pre_norm, self.residual, self.graph_size_norm = c.norm_position == "pre", c.residual, c.graph_size_norm
+        self.conv = CONVOLUTIONS[c.conv](d, c, degree_histogram) if c.conv in CONVOLUTIONS else None
         self.norm_mp_h = Norm(c.norm, d) if self.conv is not None else None
         self.norm_mp_e = Norm(c.norm, d) if self.conv is not None and self.conv.updates_edges else None
+        self.attention = GLOBAL_ATTENTION[c.global_attention](c) if c.global_attention in GLOBAL_ATTENTION else None
+        self.norm_attention = Norm(c.norm, d) if self.attention is not None else None
         self.ffn_h = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None
         self.ffn_e = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None
         self.norm_ffn_h = Norm(c.norm, d) if c.ffn else None
@@ -196,9 +336,15 @@ class Block(nn.Module):
         if self.conv is not None:  # h, e = h + MP(Norm(h), Norm(e))
             e_in = self.sublayer_input(e, self.norm_mp_e, edges) if self.conv.updates_edges else e
             h_mp, e_mp = self.conv(self.sublayer_input(h, self.norm_mp_h, nodes), e_in, batch.edge_index)
+            if self.graph_size_norm:  # Benchmarking-GNNs: divide by sqrt(|V_G|) of the row's graph
+                scale = graph_sizes(nodes).clamp(min=1).to(h_mp.dtype).rsqrt()
+                h_mp = h_mp * scale.index_select(0, nodes.index).unsqueeze(1)
+                e_mp = e_mp * scale.index_select(0, edges.index).unsqueeze(1) if e_mp is not None else None
             h = self.sublayer_output(h, h_mp, self.norm_mp_h, nodes)
             if self.conv.updates_edges:
                 e = self.sublayer_output(e, e_mp, self.norm_mp_e, edges)
+        if self.attention is not None:  # h = h + Attention(Norm(h)), among all nodes of each graph
+            h = self.sublayer_output(h, self.attention(self.sublayer_input(h, self.norm_attention, nodes), batch), self.norm_attention, nodes)
         if self.ffn_h is not None:  # h = h + FFN_h(Norm(h));  e = e + FFN_e(Norm(e))
             h = self.sublayer_output(h, self.ffn_h(self.sublayer_input(h, self.norm_ffn_h, nodes)), self.norm_ffn_h, nodes)
             e = self.sublayer_output(e, self.ffn_e(self.sublayer_input(e, self.norm_ffn_e, edges)), self.norm_ffn_e, edges)
@@ -220,6 +366,8 @@ class GatedGraphTransformer(nn.Module):
         d, c = config.hidden, config
         self.config = config
         self.atom_encoder, self.bond_encoder = AtomEncoder(d), BondEncoder(d)
+        if c.substructures:
+            self.atom_cycle_encoder, self.bond_cycle_encoder = SubstructureEncoder(d), SubstructureEncoder(d)
         if c.pe_dim and c.pe_injection == "concat-mlp":
             self.pe_encoder = FeedForward(d, 4, c.dropout, dim_in=d + c.pe_dim)
         elif c.pe_dim:
@@ -248,6 +396,8 @@ class GatedGraphTransformer(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         c = self.config
         h, e = self.atom_encoder(batch.atoms), self.bond_encoder(batch.bonds)
+        if c.substructures:
+            h, e = h + self.atom_cycle_encoder(batch.atom_cycles), e + self.bond_cycle_encoder(batch.bond_cycles)
         if c.pe_dim:
             pe = self.positional_encoding(batch)
             h = self.pe_encoder(torch.cat([h, pe], -1)) if c.pe_injection == "concat-mlp" else h + self.pe_encoder(pe)

@@ -118,7 +118,7 @@ class Trainer:
         if config.train.cuda_graphs and self.device.type != "cuda":
             raise UserError(f"train.cuda_graphs needs a CUDA device, not {self.device}; drop --cuda-graphs (or set train.cuda_graphs: false)")
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
-        self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim)
+        self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim, config.model.substructures)
         self.higher_is_better = HIGHER_IS_BETTER[self.graphs.metric]
         # Regression targets are standardised with training-split statistics (the model
         # learns z-scores; predictions are mapped back), so one learning rate suits

@@ -202,6 +202,15 @@ def test_pe_drops_every_trivial_eigenvector_and_pads_small_graphs():
     assert pe[8:14].abs().sum(0).gt(0).all()  # benzene: 5 non-trivial eigenvectors
 
 
+def test_substructure_counts_are_cached_and_verified(bbbp):
+    atoms, bonds = bbbp.load_substructures()
+    assert (bbbp.cache_dir / "cycles-3-8.pt").exists() and (bbbp.cache_dir / "cycles-3-8.pt.sha256").exists()
+    assert atoms.shape == (len(bbbp.atoms), 6) and bonds.shape == (len(bbbp.bonds), 6)
+    again = bbbp.load_substructures()
+    assert torch.equal(again[0], atoms) and torch.equal(again[1], bonds)
+    assert (atoms[:, 3] > 0).any() and (atoms >= 0).all()  # benzene rings are everywhere in BBBP
+
+
 def test_pe_cache_is_reused(bbbp):
     first = bbbp.load_pe(4)
     assert (bbbp.cache_dir / "pe-k20.pt").exists()

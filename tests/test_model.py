@@ -30,7 +30,7 @@ def test_parameter_count_matches_hand_count():
 
 @pytest.fixture(scope="module")
 def batch(bbbp_small):
-    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8)
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8, substructures=True)
     return data.batch(data.split["train"][:32])
 
 
@@ -75,6 +75,8 @@ def test_each_option_changes_the_output(batch):
 @pytest.mark.parametrize("fields", [
     {}, {"conv": "gcn"}, {"conv": "mlp"}, {"aggregation": "pna"}, {"conv": "gcn", "aggregation": "pna"},
     {"virtual_node": True, "norm": "graph", "norm_position": "post", "layers": 3}, {"pe_injection": "add", "norm": "layer"},
+    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True}, {"conv": "gcn", "aggregation": "powermean"},
+    {"global_attention": "lrga"}, {"global_attention": "transformer", "attention_heads": 2},
 ])
 def test_gradients_reach_every_parameter(batch, bbbp_small, fields):
     model = model_of(bbbp_small, **fields).train()
@@ -99,7 +101,8 @@ def test_tiny_model_overfits_64_real_molecules(bbbp_small):
 
 @pytest.mark.parametrize("model, message", [
     ({"conv": "transformer"}, "model.conv = 'transformer' is not one of"),
-    ({"aggregation": "pna", "conv": "mlp"}, "cannot go with conv 'mlp'"),
+    ({"aggregation": "pna", "conv": "mlp"}, "conv 'mlp' has none"),
+    ({"global_attention": "transformer", "hidden": 30, "attention_heads": 4}, "must be divisible by model.attention_heads"),
     ({"layres": 3}, r"unknown model key\(s\) \['layres'\]"),
     ({"dropout": 1.5}, "dropout must be in"),
 ])
@@ -126,3 +129,162 @@ def test_cpu_dropout_keeps_nn_dropouts_distribution():
     assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
     assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # expectation preserved
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+NEW_OPTIONS = [{"message_norm": True}, {"graph_size_norm": True}, {"aggregation": "softmax"}, {"aggregation": "powermean"},
+               {"global_attention": "lrga"}, {"global_attention": "transformer"}, {"conv": "gcn", "message_norm": True},
+               {"conv": "gcn", "aggregation": "softmax"}, {"substructures": True}]
+
+
+@pytest.mark.parametrize("option", NEW_OPTIONS)
+def test_an_option_changes_the_output_of_a_model_with_the_same_shared_weights(batch, option):
+    """The option's code runs in forward: the same weights without it give another output."""
+    base = {"conv": option.get("conv", "gated-gcn")}
+    off, on = model_of(**base).eval(), model_of(**option).eval()
+    missing, _ = on.load_state_dict(off.state_dict(), strict=False)
+    assert not [k for k in off.state_dict() if k in missing]  # every shared weight is now identical
+    assert not torch.allclose(on(batch), off(batch), atol=1e-6), option
+
+
+@pytest.mark.parametrize("option, extra_per_layer", [
+    ({"message_norm": True}, 1),  # MessageNorm's scale s
+    ({"graph_size_norm": True}, 0),
+    ({"aggregation": "softmax"}, 16),  # an inverse temperature per channel
+    ({"aggregation": "powermean"}, 16),  # a p per channel
+    ({"global_attention": "lrga", "attention_rank": 4}, (16 * 16 + 16) + (8 * 16 + 16) + 2 * 16),  # W_UVZT, W_out, BatchNorm
+    ({"global_attention": "transformer"}, (16 * 48 + 48) + (16 * 16 + 16) + 2 * 16),  # W_qkv, W_out, BatchNorm
+])
+def test_parameter_counts_of_the_new_options(option, extra_per_layer):
+    assert count_parameters(model_of(**option)) - count_parameters(model_of()) == 2 * extra_per_layer  # 2 layers
+
+
+def test_message_norm_follows_its_equation(batch):
+    """h' = A h + s ||h|| m / ||m||, with m the conv's aggregated message (s = 1 at init)."""
+    from ggt_search.model import GatedGCNConv
+
+    torch.manual_seed(0)
+    h, e = torch.randn(len(batch.atoms), 16), torch.randn(len(batch.bonds), 16)
+    plain = GatedGCNConv(16, ModelConfig(hidden=16))
+    normed = GatedGCNConv(16, ModelConfig(hidden=16, message_norm=True))
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    m = plain(h, e, batch.edge_index)[0] - plain.A(h)
+    expected = plain.A(h) + h.norm(dim=1, keepdim=True) * m / m.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    torch.testing.assert_close(normed(h, e, batch.edge_index)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_size_norm_divides_the_message_passing_output_by_sqrt_graph_size(batch):
+    from ggt_search.model import Block
+
+    config = dict(hidden=16, residual=False, ffn=False, norm="none")
+    torch.manual_seed(0)
+    plain = Block(ModelConfig(**config), None)
+    scaled = Block(ModelConfig(**config, graph_size_norm=True), None)
+    scaled.load_state_dict(plain.state_dict())
+    h, e = torch.randn(len(batch.atoms), 16), torch.randn(len(batch.bonds), 16)
+    sizes = torch.bincount(batch.node_graph).double()
+    h_plain, e_plain = plain(h, e, batch)
+    h_scaled, e_scaled = scaled(h, e, batch)
+    torch.testing.assert_close(h_scaled.double(), h_plain.double() / sizes.sqrt()[batch.node_graph, None], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(e_scaled.double(), e_plain.double() / sizes.sqrt()[batch.edge_graph, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "powermean"])
+def test_generalised_aggregators_follow_their_equations(batch, kind):
+    from ggt_search.model import NeighbourAggregation
+
+    torch.manual_seed(0)
+    aggregate = NeighbourAggregation(kind, 16, None)
+    with torch.no_grad():  # learnable t or p, away from their initial 1
+        next(aggregate.parameters()).copy_(torch.linspace(0.5, 3.0, 16))
+    messages, target = torch.randn(len(batch.bonds), 16), batch.edge_index[1]
+    out = aggregate(messages, target, len(batch.atoms))
+    parameter = torch.linspace(0.5, 3.0, 16)
+    for i in range(0, len(batch.atoms), 7):
+        m = messages[target == i]
+        if len(m) == 0:  # an isolated atom (a counter-ion) receives nothing
+            continue
+        if kind == "softmax":  # sum_j softmax_j(t m_ij) m_ij, per channel
+            expected = (torch.softmax(parameter * m, dim=0) * m).sum(0)
+        else:  # (mean_j m_ij^p)^(1/p), messages and their mean power clamped into [1e-4, 100]
+            expected = m.clamp(1e-4, 100).pow(parameter).mean(0).clamp(1e-4, 100).pow(1 / parameter)
+        torch.testing.assert_close(out[i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lrga_follows_its_equation_without_forming_n_by_n(batch):
+    from ggt_search.model import LowRankGlobalAttention
+
+    torch.manual_seed(0)
+    attention = LowRankGlobalAttention(16, rank=4)
+    x = torch.randn(len(batch.atoms), 16, dtype=torch.float64)
+    out = attention.double()(x, batch)
+    for g in range(0, batch.num_graphs, 5):
+        X = x[batch.node_graph == g]
+        U, V, Z, T = torch.relu(attention.project(X)).chunk(4, dim=-1)
+        eta = (U @ V.T).sum() / len(X) + attention.eps  # (1/n) 1^T U V^T 1, with the n x n matrix, densely
+        expected = attention.out(torch.cat([U @ (V.T @ Z) / eta, T], dim=-1))
+        torch.testing.assert_close(out[batch.node_graph == g], expected)
+
+
+def test_graph_self_attention_is_multi_head_attention_within_each_graph(batch):
+    from ggt_search.model import GraphSelfAttention
+
+    torch.manual_seed(0)
+    attention = GraphSelfAttention(16, heads=4, dropout=0.0).double().eval()
+    x = torch.randn(len(batch.atoms), 16, dtype=torch.float64)
+    out = attention(x, batch)
+    for g in range(0, batch.num_graphs, 5):
+        X = x[batch.node_graph == g]
+        q, k, v = attention.qkv(X).view(len(X), 3, 4, 4).permute(1, 2, 0, 3)  # [3][heads, n, 4]
+        weights = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1)  # sqrt(d_head) = 2
+        expected = attention.out((weights @ v).transpose(0, 1).reshape(len(X), 16))
+        torch.testing.assert_close(out[batch.node_graph == g], expected)
+
+
+def test_substructure_encoders_add_their_embeddings_once():
+    d, counts = 16, 2 * 6 * 10 * 16  # atom and bond encoders: 6 lengths x 10 counts x d
+    assert count_parameters(model_of(substructures=True)) - count_parameters(model_of()) == counts
+
+
+def brute_force_cycles(edges: set[tuple[int, int]], longest: int = 8) -> list[list[int]]:
+    """Every simple cycle of 3..longest atoms, by depth-first search from its smallest atom (each found twice, once per direction)."""
+    neighbours: dict[int, set[int]] = {}
+    for a, b in edges:
+        neighbours.setdefault(a, set()).add(b)
+    found = []
+
+    def extend(path):
+        for nxt in neighbours.get(path[-1], ()):
+            if nxt == path[0] and len(path) >= 3:
+                found.append(list(path))
+            elif nxt > path[0] and nxt not in path and len(path) < longest:
+                extend(path + [nxt])
+    for start in neighbours:
+        extend([start])
+    unique = {}
+    for cycle in found:
+        unique[frozenset(zip(cycle, cycle[1:] + cycle[:1])) | frozenset(zip(cycle[1:] + cycle[:1], cycle))] = cycle
+    return list(unique.values())
+
+
+def test_cycle_counts_equal_a_brute_force_count_on_real_molecules(bbbp_small):
+    from ggt_search.molecules import cycle_counts, featurize
+
+    naphthalene = featurize("c1ccc2ccccc2c1")  # fused: atoms 3 and 8 lie on both 6-rings (its 10-ring is too long)
+    atoms, _ = cycle_counts((naphthalene.edges.T, 10))
+    assert atoms[:, 3].tolist() == [1, 1, 1, 2, 1, 1, 1, 1, 2, 1] and atoms[:, [0, 1, 2, 4, 5]].sum() == 0
+    cubane = featurize("C12C3C4C1C5C2C3C45")  # the cube graph: 6 four-cycles, 16 six-cycles, 6 eight-cycles
+    atoms, bonds = cycle_counts((cubane.edges.T, 8))
+    assert (atoms.sum(0) // [3, 4, 5, 6, 7, 8]).tolist() == [0, 6, 0, 16, 0, 6]
+    assert (bonds.sum(0) // 2 // [3, 4, 5, 6, 7, 8]).tolist() == [0, 6, 0, 16, 0, 6]
+    counts_atoms, counts_bonds = bbbp_small.load_substructures()
+    for g in range(0, bbbp_small.num_graphs, 3):
+        n0, n1, e0, e1 = (int(bbbp_small.node_ptr[g]), int(bbbp_small.node_ptr[g + 1]), int(bbbp_small.edge_ptr[g]), int(bbbp_small.edge_ptr[g + 1]))
+        edges = bbbp_small.edges[:, e0:e1].T.tolist()
+        expected_atoms = torch.zeros(n1 - n0, 6, dtype=torch.long)
+        expected_bonds = torch.zeros(e1 - e0, 6, dtype=torch.long)
+        for cycle in brute_force_cycles({tuple(e) for e in edges}):
+            expected_atoms[cycle, len(cycle) - 3] += 1
+            for a, b in zip(cycle, cycle[1:] + cycle[:1]):
+                for row in (edges.index([a, b]), edges.index([b, a])):
+                    expected_bonds[row, len(cycle) - 3] += 1
+        assert torch.equal(counts_atoms[n0:n1], expected_atoms) and torch.equal(counts_bonds[e0:e1], expected_bonds), g

@@ -50,9 +50,13 @@ def test_padded_batch_holds_the_same_graphs_plus_inert_padding(bbbp_small):
     {"conv": "gcn", "aggregation": "pna", "pooling": "sum", "residual": False},
     {"conv": "mlp", "ffn": False, "pe_dim": 0},
     {"norm": "batch", "virtual_node": True, "norm_position": "post"},
+    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True},
+    {"conv": "gcn", "aggregation": "powermean", "global_attention": "lrga"},
+    {"global_attention": "transformer", "norm": "graph"},
+    {"substructures": True},
 ])
 def test_padded_batches_give_the_same_outputs_gradients_and_statistics(bbbp_small, fields):
-    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8)
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8, substructures=True)
     config = ModelConfig(**({"layers": 2, "hidden": 16, "pe_dim": 8, "dropout": 0.0, "pe_sign_flip": "off"} | fields))
     histogram = in_degree_histogram(bbbp_small) if config.aggregation == "pna" else None
     twins = []
@@ -140,7 +144,9 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("fields", [{}, {"norm": "graph", "virtual_node": True, "pe_sign_flip": "graph"}, {"conv": "gcn", "aggregation": "pna"}])
+@pytest.mark.parametrize("fields", [{}, {"norm": "graph", "virtual_node": True, "pe_sign_flip": "graph"}, {"conv": "gcn", "aggregation": "pna"},
+                                    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True, "global_attention": "lrga"},
+                                    {"aggregation": "powermean", "global_attention": "transformer", "substructures": True}])
 def test_a_padded_step_never_waits_for_the_host(bbbp_small, fields):
     """Batch building, forward, loss and backward of a padded batch: no value read back, no data-dependent shape."""
     trainer = Trainer(tiny_config(dropout=0.2, **fields), bbbp_small)
