@@ -190,6 +190,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from ggt_search.pretrain import PretrainSettings, pretrain
+
+    from ggt_search.config import DatasetSpec
+
+    config = run_config(args)
+    names = [n.strip() for n in args.exclude_datasets.split(",") if n.strip()] if args.exclude_datasets else []
+    downstream = [DatasetSpec(n, source=getattr(args, "source", None)) for n in names] or ([config.dataset] if hasattr(args, "dataset") else [])
+    summary = pretrain(PretrainSettings(args.corpus, args.out, config, args.smiles_column_corpus, args.max_molecules, args.mask_rate, tuple(downstream)))
+    print(f"pre-trained on {summary['corpus']['molecules']:,} molecules ({summary['graphs_per_second']} graphs/s on {summary['device']}); "
+          f"checkpoint: {args.out / 'pretrained.pt'}; fine-tune with --init {args.out / 'pretrained.pt'}")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
     from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
 
@@ -272,6 +285,21 @@ def add_search_command(commands) -> None:
     search.set_defaults(func=cmd_search)
 
 
+def add_pretrain_command(commands) -> None:
+    pretrain = commands.add_parser("pretrain", help="self-supervised pre-training (attribute masking) on a SMILES corpus",
+                                   description="Pre-trains the encoders and blocks of the given model config by masked-atom prediction. "
+                                               "--dataset names the downstream dataset whose validation and test molecules are removed from the corpus.")
+    pretrain.add_argument("--corpus", type=Path, required=True, help="SMILES file (csv or csv.gz), e.g. ../shared/data/zinc-moses/train.csv.gz")
+    pretrain.add_argument("--out", type=Path, required=True, help="folder for pretrained.pt and pretrained.json")
+    pretrain.add_argument("--corpus-smiles-column", dest="smiles_column_corpus", help="the corpus's SMILES column (default: 'smiles', any case)")
+    pretrain.add_argument("--max-molecules", type=at_least(2), help="read only the corpus's first N molecules")
+    pretrain.add_argument("--mask-rate", type=float, default=0.15, help="fraction of atoms masked (default 0.15)")
+    pretrain.add_argument("--exclude-datasets", help="comma-separated downstream datasets (built with --source) whose validation and test "
+                                                     "molecules leave the corpus; default: --dataset, if given")
+    add_config_flags(pretrain)
+    pretrain.set_defaults(func=cmd_pretrain)
+
+
 def add_dashboard_command(commands) -> None:
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
     add_storage_flags(dashboard)
@@ -315,7 +343,7 @@ def add_bench_command(commands) -> None:
 
 
 COMMANDS = (add_data_command, add_train_command, add_evaluate_command, add_search_command, add_dashboard_command,
-            add_ablate_command, add_report_command, add_bench_command)
+            add_ablate_command, add_report_command, add_bench_command, add_pretrain_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

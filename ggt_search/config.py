@@ -163,6 +163,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
     eval_train: bool = False  # re-score the training set every epoch (costs a training epoch)
     cuda_graphs: bool = False  # replay each training step as a CUDA graph on padded fixed-shape batches
+    init: str | None = None  # fine-tune from this `ggt-search pretrain` checkpoint (task head always fresh)
 
     def __post_init__(self):
         check_fields(self, "train")

@@ -33,7 +33,7 @@ import torch
 from ggt_search.config import EMBEDDED, DatasetSpec
 from ggt_search.errors import UserError
 from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
-from ggt_search.molecules import CYCLE_LENGTHS, cycle_counts, featurize, parallel_map, random_split, scaffold_split
+from ggt_search.molecules import CYCLE_LENGTHS, canonical_smiles, cycle_counts, featurize, parallel_map, random_split, scaffold_split
 from ggt_search.positional import laplacian_pe
 
 FEATURIZATION_VERSION = 2  # bump when molecules.py changes what a graph holds or how it is split
@@ -404,3 +404,58 @@ def _check_split(path: Path, spec: DatasetSpec, y: np.ndarray, split, metric: st
             both = [((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any()) for t in range(y.shape[1])]
             if not any(both):
                 raise UserError(f"the {spec.split} split of {path} leaves {name} with one class only, so {metric} is undefined there; {fix}")
+
+
+def held_out_smiles(spec: DatasetSpec) -> set[str]:
+    """Canonical SMILES of a dataset's validation and test molecules: what pre-training must not see."""
+    source = _resolve_source(spec)
+    if not source.is_file():
+        raise UserError(f"the leakage guard needs {spec.name}'s SMILES table; build it offline with --source")
+    smiles, _ = _read_table(spec, source)
+    kept = [c for c in parallel_map(canonical_smiles, smiles.tolist()) if c is not None]  # the GraphSet's rows, in order
+    graphs = load_dataset(spec)
+    if len(kept) != graphs.num_graphs:
+        raise UserError(f"cannot align {spec.name}'s SMILES with its graphs ({len(kept)} vs {graphs.num_graphs}); rebuild it with --rebuild")
+    return {kept[i] for split in ("valid", "test") for i in graphs.split[split].tolist()}
+
+
+def load_corpus(path: Path, smiles_column: str | None, max_molecules: int | None, exclude: set[str], chunk: int = 50_000) -> tuple[GraphSet, int]:
+    """An unlabeled SMILES file as a GraphSet (every molecule in "train"), without the `exclude`d
+    molecules; (graphs, how many were excluded). Featurized in chunks, with a progress bar, and cached."""
+    if not path.is_file():
+        raise UserError(f"corpus file not found: {path}")
+    key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, _sha256(path), smiles_column, max_molecules, sorted(exclude)]).encode()).hexdigest()[:16]
+    folder = cache_root() / f"corpus-{path.name.split('.')[0]}-{key}"
+    stored = _load_verified(folder / "graphs.pt")
+    if stored is not None:
+        return GraphSet(**stored["graphs"], cache_dir=folder), stored["excluded"]
+    try:
+        column = smiles_column or next(c for c in pd.read_csv(path, nrows=0).columns if str(c).lower() == "smiles")
+        reader = pd.read_csv(path, usecols=[column], nrows=max_molecules, chunksize=chunk)
+    except (StopIteration, ValueError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+        raise UserError(f"{path} has no SMILES column of that name; name it with --smiles-column") from None
+    from tqdm import tqdm
+
+    graphs, excluded = [], 0
+    for frame in tqdm(reader, desc=f"featurizing {path.name}", unit="chunk", disable=not sys.stderr.isatty()):
+        smiles = frame[column].astype(str).tolist()
+        canonical = parallel_map(canonical_smiles, smiles)
+        keep = [s for s, c in zip(smiles, canonical) if c is not None and c not in exclude]
+        excluded += sum(1 for c in canonical if c is not None and c in exclude)
+        graphs += [g for g in parallel_map(featurize, keep) if g is not None]
+    if not graphs:
+        raise UserError(f"no molecule of {path} could be parsed; check the SMILES column")
+    corpus = GraphSet(
+        name=path.name, task_type="pretraining", metric="masked-atom accuracy", task_names=[],
+        atoms=torch.from_numpy(np.concatenate([g.atoms for g in graphs])),
+        bonds=torch.from_numpy(np.concatenate([g.bonds for g in graphs])),
+        edges=torch.from_numpy(np.concatenate([g.edges for g in graphs], axis=1)),
+        node_ptr=counts_to_ptr(torch.tensor([len(g.atoms) for g in graphs])),
+        edge_ptr=counts_to_ptr(torch.tensor([g.edges.shape[1] for g in graphs])),
+        y=torch.zeros(len(graphs), 0), split={"train": torch.arange(len(graphs)), "valid": torch.arange(0), "test": torch.arange(0)},
+        checksum=_sha256(path),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_verified({"graphs": {k: v for k, v in corpus.__dict__.items() if k not in ("cache_dir", "pe")}, "excluded": excluded}, folder / "graphs.pt")
+    corpus.cache_dir = folder
+    return corpus, excluded

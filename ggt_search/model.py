@@ -394,8 +394,18 @@ class GatedGraphTransformer(nn.Module):
         return pe
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        """One row of logits (or values) per graph slot."""
+        h, e = self.encode(batch)
+        pooled = torch.cat([self.pool(h, batch.nodes), self.pool(e, batch.edges)], -1)
+        return self.readout(pooled[: batch.num_graphs])
+
+    def encode(self, batch: Batch, hidden_atoms: torch.Tensor | None = None, mask_token: torch.Tensor | None = None):
+        """Final node and edge states (h, e). Pre-training passes `hidden_atoms` (a boolean row
+        mask) and a learned `mask_token`: those atoms enter as the token, their features unseen."""
         c = self.config
         h, e = self.atom_encoder(batch.atoms), self.bond_encoder(batch.bonds)
+        if hidden_atoms is not None:
+            h = torch.where(hidden_atoms.unsqueeze(1), mask_token.to(h.dtype), h)
         if c.substructures:
             h, e = h + self.atom_cycle_encoder(batch.atom_cycles), e + self.bond_cycle_encoder(batch.bond_cycles)
         if c.pe_dim:
@@ -408,8 +418,7 @@ class GatedGraphTransformer(nn.Module):
             h, e = block(h, e, batch)
             if vn is not None and i < c.layers - 1:
                 vn = self.virtual_mlps[i](self.virtual_norms[i](vn + self.pool(h, batch.nodes), batch.graph_mask))
-        pooled = torch.cat([self.pool(h, batch.nodes), self.pool(e, batch.edges)], -1)
-        return self.readout(pooled[: batch.num_graphs])
+        return h, e
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -51,6 +51,12 @@ def parse_smiles(smiles: str) -> Chem.Mol | None:
     return mol
 
 
+def canonical_smiles(smiles: str) -> str | None:
+    """RDKit's canonical SMILES (the leakage guard's identity of a molecule), or None if unparsable or empty."""
+    mol = parse_smiles(smiles)
+    return Chem.MolToSmiles(mol) if mol is not None and mol.GetNumAtoms() else None
+
+
 def scaffold_of(mol: Chem.Mol) -> str:
     """Bemis-Murcko scaffold SMILES with chirality, as OGB's split used."""
     try:

@@ -132,7 +132,10 @@ class Trainer:
 
     def build_model(self) -> GatedGraphTransformer:
         histogram = in_degree_histogram(self.graphs) if self.config.model.aggregation == "pna" else None
-        return GatedGraphTransformer(self.config.model, self.graphs.num_tasks, histogram).to(self.device)
+        model = GatedGraphTransformer(self.config.model, self.graphs.num_tasks, histogram)
+        if self.config.train.init:
+            load_pretrained(model, self.config.train.init)
+        return model.to(self.device)
 
     def autocast(self):
         precision = self.config.train.precision
@@ -248,6 +251,25 @@ class Trainer:
         else:
             predictions = logits * self.target_std + self.target_mean
         return loss, score(self.graphs.metric, labels.cpu().numpy(), predictions.cpu().numpy(), self.graphs.name)
+
+
+# Fields that do not shape the pre-trained weights: a checkpoint fine-tunes under other values of them.
+FREE_WHEN_FINE_TUNING = {"dropout", "pe_sign_flip", "pooling"}
+
+
+def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
+    """Load a `ggt-search pretrain` checkpoint into everything but the task head (always fresh);
+    an architecture that differs from the checkpoint's is refused, naming the first field."""
+    if not Path(path).is_file():
+        raise UserError(f"train.init: no checkpoint at {path}; make one with `ggt-search pretrain`")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key, value in checkpoint["model_config"].items():
+        if key not in FREE_WHEN_FINE_TUNING and getattr(model.config, key, value) != value:
+            raise UserError(f"checkpoint {path} was pre-trained with model.{key} = {value!r}, but this config has "
+                            f"{getattr(model.config, key)!r}; use the checkpoint's architecture, or pre-train this one")
+    missing, unexpected = model.load_state_dict(checkpoint["state"], strict=False)
+    if unexpected or any(not key.startswith("readout.") for key in missing):
+        raise UserError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 class TrainStep:

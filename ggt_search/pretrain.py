@@ -1,0 +1,108 @@
+"""Self-supervised pre-training by attribute masking (Hu et al., ICLR 2020), and its checkpoint.
+
+A fraction of the atoms of every molecule (15% by default) enter the model as a learned mask
+token instead of their features; a linear head predicts each masked atom's element from its
+final state. The head and the token are dropped afterwards: the checkpoint holds the
+encoders and blocks, the model config they were trained with, the corpus checksum, the
+objective and the loss curve, and `train.init` fine-tunes from it (the task head is fresh).
+
+Leakage guard: when a downstream dataset is named, every corpus molecule that is in its
+validation or test split (same canonical SMILES) is removed before training, and the
+count is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from ogb.utils.features import get_atom_feature_dims
+from torch import nn
+
+from ggt_search.batching import DeviceGraphs
+from ggt_search.config import DatasetSpec, RunConfig
+from ggt_search.datasets import held_out_smiles, load_corpus
+from ggt_search.model import GatedGraphTransformer
+from ggt_search.train import resolve_device
+
+ELEMENTS = get_atom_feature_dims()[0]  # OGB's first atom feature: the element (atomic number - 1, or "misc")
+
+
+@dataclass
+class PretrainSettings:
+    corpus: Path
+    out: Path
+    config: RunConfig  # model (the architecture to pre-train) and train (epochs, batch size, lr, seed, device)
+    smiles_column: str | None = None
+    max_molecules: int | None = None
+    mask_rate: float = 0.15
+    downstream: tuple[DatasetSpec, ...] = ()  # datasets whose validation and test molecules leave the corpus
+
+
+class MaskedAtomHead(nn.Module):
+    """The pre-training objective's own parts: the mask token and the element classifier."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(dim))
+        self.classify = nn.Linear(dim, ELEMENTS)
+
+
+def masked_atom_loss(model: GatedGraphTransformer, head: MaskedAtomHead, batch, rate: float, generator: torch.Generator | None = None):
+    """Cross-entropy of the masked atoms' elements, predicted from what the model saw without them."""
+    hidden = torch.rand(len(batch.atoms), generator=generator, device=batch.atoms.device) < rate
+    hidden[0] |= ~hidden.any()  # at least one masked atom per batch
+    h, _ = model.encode(batch, hidden_atoms=hidden, mask_token=head.token)
+    return F.cross_entropy(head.classify(h[hidden]), batch.atoms[hidden, 0])
+
+
+def pretrain(settings: PretrainSettings) -> dict:
+    cfg = settings.config
+    exclude = set().union(*(held_out_smiles(spec) for spec in settings.downstream))
+    corpus, removed = load_corpus(settings.corpus, settings.smiles_column, settings.max_molecules, exclude)
+    names = ", ".join(spec.name for spec in settings.downstream)
+    if settings.downstream:
+        print(f"leakage guard: removed {removed} corpus molecule(s) that are in the validation or test split of {names}")
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
+    model = GatedGraphTransformer(cfg.model, num_tasks=1).to(device)
+    head = MaskedAtomHead(cfg.model.hidden).to(device)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    curve, start = [], time.perf_counter()
+    for epoch in range(1, cfg.train.epochs + 1):
+        model.train()
+        total, steps = torch.zeros((), device=device), 0
+        for batch in data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle):
+            if batch.real_graphs == 1:
+                continue  # BatchNorm cannot normalise a single molecule
+            optimizer.zero_grad(set_to_none=True)
+            loss = masked_atom_loss(model, head, batch, settings.mask_rate)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            steps += 1
+        curve.append(float(total) / max(steps, 1))
+        if not math.isfinite(curve[-1]):
+            raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")
+        print(f"epoch {epoch:3d}  masked-atom loss {curve[-1]:.4f}", flush=True)
+    seconds = time.perf_counter() - start
+    summary = {
+        "objective": "attribute masking (element of 15% of atoms)" if settings.mask_rate == 0.15 else f"attribute masking ({settings.mask_rate:.0%} of atoms)",
+        "corpus": {"path": str(settings.corpus), "sha256": corpus.checksum, "molecules": corpus.num_graphs, "removed_for_leakage": removed,
+                   "downstream": names or None},
+        "loss_curve": curve,
+        "graphs_per_second": round(cfg.train.epochs * corpus.num_graphs / seconds, 1),
+        "device": str(device),
+    }
+    settings.out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("readout.")}  # the task head is always fresh
+    torch.save({"model_config": asdict(cfg.model), "state": state} | summary, settings.out / "pretrained.pt")
+    (settings.out / "pretrained.json").write_text(json.dumps(summary | {"model_config": asdict(cfg.model)}, indent=2))
+    return summary

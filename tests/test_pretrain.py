@@ -1,0 +1,98 @@
+"""Self-supervised pre-training on real molecules, and fine-tuning from its checkpoint."""
+
+import pandas as pd
+import pytest
+import torch
+
+from ggt_search import cli
+from ggt_search.batching import DeviceGraphs
+from ggt_search.config import DatasetSpec, RunConfig
+from ggt_search.errors import UserError
+from ggt_search.model import GatedGraphTransformer
+from ggt_search.pretrain import MaskedAtomHead, PretrainSettings, pretrain
+from ggt_search.train import Trainer
+from tests.conftest import tiny_config
+
+MODEL = {"layers": 2, "hidden": 16, "pe_dim": 4, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def corpus(moleculenet, tmp_path_factory):
+    """400 real molecules in one SMILES column, like the ZINC corpus: 300 of BBBP's training split and 100 others."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.csv"
+    pd.read_csv(moleculenet / "BBBP.csv")[["smiles"]].head(400).rename(columns={"smiles": "SMILES"}).to_csv(path, index=False)
+    return path
+
+
+def settings_for(corpus, out, downstream=None, **train):
+    dataset = downstream or {"name": "nci-tpsa"}
+    config = RunConfig.from_dict({"dataset": dataset, "model": MODEL, "train": {"epochs": 4, "batch_size": 64, "lr": 3e-3, "device": "cpu"} | train})
+    return PretrainSettings(corpus, out, config, downstream=(config.dataset,) if downstream else ())
+
+
+def test_masked_atoms_are_never_seen_by_the_model(bbbp_small):
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=4)
+    batch = data.batch(data.split["train"][:32])
+    torch.manual_seed(0)
+    model, head = GatedGraphTransformer(tiny_config().model, 1).eval(), MaskedAtomHead(16)
+    hidden = torch.rand(len(batch.atoms)) < 0.15
+    changed = batch.atoms.clone()
+    changed[hidden] = torch.randint(0, 2, (int(hidden.sum()), 9))  # other elements, charges, ... on the masked atoms
+    seen = model.encode(batch, hidden_atoms=hidden, mask_token=head.token)[0]
+    other = model.encode(type(batch)(**{**batch.__dict__, "atoms": changed}), hidden_atoms=hidden, mask_token=head.token)[0]
+    assert torch.equal(seen, other)  # nothing of a masked atom's features reaches any state
+    assert not torch.equal(model.encode(batch)[0], model.encode(type(batch)(**{**batch.__dict__, "atoms": changed}))[0])
+
+
+def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(corpus, bbbp_small, tmp_path):
+    summary = pretrain(settings_for(corpus, tmp_path / "pt"))
+    assert summary["loss_curve"][-1] < 0.7 * summary["loss_curve"][0]
+    assert summary["corpus"]["molecules"] == 400 and summary["corpus"]["sha256"]
+    checkpoint = torch.load(tmp_path / "pt" / "pretrained.pt", weights_only=True)
+    assert checkpoint["objective"].startswith("attribute masking") and len(checkpoint["loss_curve"]) == 4
+
+    trainer = Trainer(tiny_config(**MODEL).with_overrides(train={"init": str(tmp_path / "pt" / "pretrained.pt")}), bbbp_small)
+    model = trainer.build_model()
+    for name, value in model.state_dict().items():
+        if name.startswith("readout."):
+            assert name not in checkpoint["state"]  # the task head is always fresh
+        else:
+            assert torch.equal(value, checkpoint["state"][name]), name
+    assert trainer.fit().best_valid > 0  # and it trains
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(corpus, bbbp_small, tmp_path, capsys):
+    pretrain(settings_for(corpus, tmp_path / "pt", epochs=1))
+    wider = tiny_config(**(MODEL | {"hidden": 32})).with_overrides(train={"init": str(tmp_path / "pt" / "pretrained.pt")})
+    with pytest.raises(UserError, match=r"pre-trained with model.hidden = 16, but this config has 32"):
+        Trainer(wider, bbbp_small).build_model()
+    assert cli.main(["train", "--dataset", "nci-tpsa", "--init", str(tmp_path / "none.pt"), "--device", "cpu"]) == 2
+    assert "train.init: no checkpoint at" in capsys.readouterr().err
+
+
+def test_the_leakage_guard_removes_the_downstream_validation_and_test_molecules(moleculenet, tmp_path):
+    from ggt_search.datasets import load_dataset
+
+    spec = {"name": "ogbg-molbbbp", "source": str(moleculenet)}
+    bbbp = load_dataset(DatasetSpec(**spec))
+    table = pd.read_csv(moleculenet / "BBBP.csv")
+    held_out = table.iloc[bbbp.split["valid"][:7].tolist() + bbbp.split["test"][:5].tolist()]["smiles"]
+    train = table.iloc[bbbp.split["train"][:50].tolist()]["smiles"]
+    path = tmp_path / "leaky.csv"
+    pd.DataFrame({"SMILES": [*train, *held_out]}).to_csv(path, index=False)
+    summary = pretrain(settings_for(path, tmp_path / "pt", downstream=spec, epochs=1))
+    assert summary["corpus"]["removed_for_leakage"] == 12 and summary["corpus"]["molecules"] == 50
+
+
+def test_a_search_can_choose_between_scratch_and_a_checkpoint(corpus, tmp_path):
+    from ggt_search.study import SearchSettings, search
+
+    pretrain(settings_for(corpus, tmp_path / "pt", epochs=1))
+    space = tmp_path / "space.yaml"
+    space.write_text(f"train.init: {{choices: [null, {tmp_path / 'pt' / 'pretrained.pt'}]}}\nmodel.layers: 2\nmodel.hidden: 16\nmodel.pe_dim: 4\n")
+    base = RunConfig.from_dict({"dataset": str(corpus.parent / "labelled.csv"), "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+    pd.read_csv(corpus).assign(y=[i % 2 for i in range(400)]).to_csv(corpus.parent / "labelled.csv", index=False)
+    study = search(SearchSettings(study="s", base=base, space_file=str(space), trials=2, sampler="grid", pruner="none",
+                                  storage=f"sqlite:///{tmp_path}/s.db"))
+    assert sorted(str(t.params["train.init"]) for t in study.trials) == sorted(["None", str(tmp_path / "pt" / "pretrained.pt")])
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
