@@ -130,8 +130,9 @@ def train_trial(trial: optuna.Trial, config: RunConfig, graphs, *, final: bool, 
     prune: ask the study's pruner after every epoch.
     """
     record = TrialRecord()
+    record.write(trial, config=config.to_dict())  # first: a config that cannot even start is recorded with its failure
     trainer = Trainer(config, graphs)
-    record.write(trial, config=config.to_dict(), environment=environment(trainer.device))
+    record.write(trial, environment=environment(trainer.device))
 
     def on_epoch(epoch) -> None:
         trial.report(epoch.valid_metric, epoch.epoch)

@@ -111,9 +111,7 @@ class Objective:
         if total is not None and _position(trial) >= total:
             trial.study.stop()
             raise SurplusTrial(f"surplus: the study already had its {total} trials when this worker asked")
-        config = suggest(trial, self.space, self.base)
-        trial.set_user_attr("config", config.to_dict())
-        return self.train(trial, config)
+        return self.train(trial, suggest(trial, self.space, self.base))
 
     def train(self, trial: optuna.Trial, config: RunConfig) -> float:
         result = train_trial(trial, config, self.graphs, final=False, prune=True)
