@@ -28,6 +28,9 @@ from ggt_search.record import TrialRecord
 from ggt_search.runner import SurplusTrial, open_storage, run_trials, run_workers, running_note, train_trial
 
 BASELINE = "baseline"
+# Packaged dataset suites (`ablate --suite NAME`): small scaffold-split sets a CPU can run, and the seed's GPU sets.
+SUITES = {"cpu": ("ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"),
+          "gpu": ("ogbg-molhiv", "ogbg-molpcba")}
 FILE_KEYS = {"idea", "question", "dataset", "datasets", "baseline", "variants", "seeds", "epochs", "effect"}
 
 
@@ -54,7 +57,9 @@ class Ablation:
         return study if len(self.datasets) == 1 else f"{study}--{Path(dataset.name).stem}"
 
 
-def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None) -> Ablation:
+def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None,
+                  datasets: list[dict] | None = None) -> Ablation:
+    """The ablation a file defines; `dataset` (one) or `datasets` (several) replace the file's datasets."""
     path = Path(path)
     values = read_yaml_mapping(path, "ablation", "with at least 'baseline' and 'variants'")
     unknown = set(values) - FILE_KEYS
@@ -66,7 +71,7 @@ def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | No
         raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
     if "dataset" in values and "datasets" in values:
         raise UserError(f"{path}: give 'dataset' (one) or 'datasets' (a list), not both")
-    datasets = [dataset] if dataset else values.get("datasets") or [values.get("dataset") or "nci-tpsa"]
+    datasets = datasets or ([dataset] if dataset else values.get("datasets") or [values.get("dataset") or "nci-tpsa"])
     if not isinstance(datasets, list):
         raise UserError(f"{path}: 'datasets' must be a list of dataset names or mappings")
     base = dict(values["baseline"])  # {} is the default model, said on purpose

@@ -204,10 +204,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
+    from ggt_search.ablate import SUITES, AblationSettings, load_ablation, run_ablation
 
     dataset = dataset_overrides(args) or None
-    ablation = load_ablation(args.file, dataset=dataset, seeds=args.seeds, epochs=args.epochs)
+    if args.suite and dataset and "name" in dataset:
+        raise UserError("give --suite or --dataset, not both")
+    suite = [{"name": name} | ({"source": args.source} if hasattr(args, "source") else {}) for name in SUITES[args.suite]] if args.suite else None
+    if dataset and "name" not in dataset and not suite:
+        raise UserError("--source needs --dataset (or --suite) to say which dataset it builds")
+    ablation = load_ablation(args.file, dataset=dataset if not suite else None, seeds=args.seeds, epochs=args.epochs, datasets=suite)
     if args.device:
         ablation.base = ablation.base.with_overrides(train={"device": args.device})
     group = args.study or ablation.name
@@ -315,6 +320,8 @@ def add_ablate_command(commands) -> None:
     ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
     ablate.add_argument("--epochs", type=at_least(1), help="override the file's epoch budget")
     ablate.add_argument("--device", help="training device (default auto)")
+    ablate.add_argument("--suite", choices=("cpu", "gpu"), help="run on a packaged dataset suite instead of the file's datasets: "
+                                                              "cpu = bbbp, clintox, tox21, esol, freesolv (build offline with --source); gpu = hiv, pcba")
     add_worker_flags(ablate, "runs trained")
     add_storage_flags(ablate)
     add_dataset_flags(ablate)

@@ -259,3 +259,14 @@ def test_an_ablation_on_several_datasets_gives_verdicts_per_dataset_and_ranks(mo
         assert f"gcn vs baseline on {dataset}:" in md and f"{dataset}: scores per variant" in md
     assert "Ranks across (dataset, seed) cells" in md and (tmp_path / "r" / "ranks.png").exists()
     assert "testable comparisons on 2 datasets" in md
+
+
+def test_the_packaged_cpu_suite_replaces_the_files_datasets(moleculenet, tmp_path, monkeypatch):
+    import ggt_search.ablate as ablate
+
+    seen = []
+    monkeypatch.setattr(ablate, "run_ablation", lambda settings: seen.append(settings.ablation) or [])
+    assert cli.main(["ablate", "ablations/convolution.yaml", "--suite", "cpu", "--source", str(moleculenet),
+                     "--storage", f"sqlite:///{tmp_path}/s.db"]) == 0
+    assert [d.name for d in seen[0].datasets] == ["ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"]
+    assert all(d.source == str(moleculenet) for d in seen[0].datasets)
