@@ -140,8 +140,10 @@ def cycle_counts(graph: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]
 
 
 def parallel_map(fn, items: list, serial_below: int = 2000) -> list:
-    """[fn(x) for x in items], over the machine's cores when there are enough items to pay for the processes."""
-    if len(items) < serial_below:
+    """[fn(x) for x in items], over every core this process may use, when there are enough
+    items to pay for starting the processes (featurizing molpcba-sized sets is core-bound)."""
+    cores = len(os.sched_getaffinity(0))
+    if len(items) < serial_below or cores == 1:
         return [fn(x) for x in items]
-    with Pool(min(os.cpu_count() or 1, 8)) as pool:
+    with Pool(cores) as pool:
         return pool.map(fn, items, chunksize=256)
