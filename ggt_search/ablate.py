@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, read_yaml_mapping
+from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_difference, read_yaml_mapping
 from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
@@ -146,7 +146,7 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         print(note)
     if waiting:
         run_workers(_worker, (settings, name, dataset), settings.workers, ablation.base.train.device)
-    return optuna.load_study(study_name=name, storage=open_storage(settings.storage))
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def run_pair(trial: optuna.trial.FrozenTrial) -> tuple:
@@ -161,14 +161,12 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
         stored = TrialRecord.of(trial).config
         if variant is None or stored is None or (variant != BASELINE and variant not in ablation.variants):
             continue
-        wanted = ablation.config(variant, seed, dataset).to_dict()
-        for section in ("dataset", "model", "train"):
-            # A key the stored run lacks is a field added to the code since; its default keeps the old behaviour.
-            for key in sorted(set(wanted[section]) & set(stored[section]) - {"device"}):
-                if wanted[section][key] != stored[section][key]:
-                    raise UserError(f"study {study.study_name} holds runs with {section}.{key} = {stored[section][key]!r}, but this "
-                                    f"ablation asks for {wanted[section][key]!r} ({variant}, seed {seed}); rerun with the same "
-                                    f"settings, or pass --study NEW for a new study")
+        # Read back through RunConfig: a field added to the code since the run takes its default, the old behaviour.
+        difference = config_difference(ablation.config(variant, seed, dataset), RunConfig.from_dict(stored))
+        if difference:
+            field, stored_value, wanted_value = difference
+            raise UserError(f"study {study.study_name} holds runs with {field} = {stored_value!r}, but this ablation asks for "
+                            f"{wanted_value!r} ({variant}, seed {seed}); rerun with the same settings, or pass --study NEW for a new study")
 
 
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:

@@ -213,6 +213,17 @@ class RunConfig:
         return RunConfig.from_dict(merged)
 
 
+def config_difference(wanted: RunConfig, stored: RunConfig) -> tuple[str, object, object] | None:
+    """The first field (as 'section.key', the device aside) where two configs differ, with the
+    stored and the wanted value; None when they train the same thing."""
+    wanted_values, stored_values = wanted.to_dict(), stored.to_dict()
+    for section in wanted_values:
+        for key in sorted(set(wanted_values[section]) | set(stored_values[section])):
+            if (section, key) != ("train", "device") and wanted_values[section].get(key) != stored_values[section].get(key):
+                return f"{section}.{key}", stored_values[section].get(key), wanted_values[section].get(key)
+    return None
+
+
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
     """The mapping a YAML file holds (an empty file is {}); any problem is one UserError line."""
     if not path.is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ggt_search.config import RunConfig
+from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
 from ggt_search.metrics import TRIVIAL
 from ggt_search.runner import run_workers
@@ -69,13 +69,10 @@ def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int 
 
 def _check_same_config(run_dir: Path, config: RunConfig, seed: int) -> None:
     """A finished seed is reused only if it trained this very config (the device aside)."""
-    stored = RunConfig.load(run_dir / "config.yaml").to_dict()
-    wanted = config.with_overrides(train={"seed": seed}).to_dict()
-    for section in wanted:
-        for key in sorted(set(wanted[section]) | set(stored[section])):
-            if key != "device" and wanted[section].get(key) != stored[section].get(key):
-                raise UserError(f"{run_dir} was trained with {section}.{key} = {stored[section].get(key)!r}, not "
-                                f"{wanted[section].get(key)!r}; pass another --out, or delete that folder to retrain")
+    difference = config_difference(config.with_overrides(train={"seed": seed}), RunConfig.load(run_dir / "config.yaml"))
+    if difference:
+        field, stored, wanted = difference
+        raise UserError(f"{run_dir} was trained with {field} = {stored!r}, not {wanted!r}; pass another --out, or delete that folder to retrain")
 
 
 def _train_seeds(job: tuple, worker: int, device: str) -> None:

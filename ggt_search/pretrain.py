@@ -94,7 +94,7 @@ def pretrain(settings: PretrainSettings) -> dict:
         print(f"epoch {epoch:3d}  masked-atom loss {curve[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - start
     summary = {
-        "objective": "attribute masking (element of 15% of atoms)" if settings.mask_rate == 0.15 else f"attribute masking ({settings.mask_rate:.0%} of atoms)",
+        "objective": f"attribute masking (the element of {settings.mask_rate:.0%} of atoms)",
         "corpus": {"path": str(settings.corpus), "sha256": corpus.checksum, "molecules": corpus.num_graphs, "removed_for_leakage": removed,
                    "downstream": names or None},
         "loss_curve": curve,
