@@ -281,8 +281,11 @@ def add_search_command(commands) -> None:
     search.add_argument("--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)")
     search.add_argument("--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--sampler", choices=("tpe", "random", "grid", "gp"), default="tpe")
-    search.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    search.add_argument("--sampler", choices=("tpe", "random", "grid", "gp", "controlled"), default="tpe",
+                        help="controlled: GraphGym's controlled random search, groups of trials that differ in one design "
+                             "dimension only, for the report's rank analysis")
+    search.add_argument("--pruner", choices=("median", "hyperband", "none"),
+                        help="default: median (none with --sampler controlled, whose groups train to the end)")
     search.add_argument("--seed", type=at_least(0), default=0, help="seeds the sampler and every trial's training")
     add_worker_flags(search, "trials trained")
     add_storage_flags(search)

@@ -450,31 +450,51 @@ def search_sections(page: Page, study: optuna.Study) -> None:
 
     page.heading("Design-space ranks (GraphGym-style)", 3)
     ranks = design_ranks(trials, higher)
+    controlled = any("design_group" in t.user_attrs for t in trials)
     if ranks.empty:
-        page.text("Not enough comparable trials for a rank analysis.")
-    else:
-        page.text("For each design dimension, trials are grouped by the values of every other categorical dimension; within a "
-                  "group holding two or more choices of the dimension, choices are ranked by their best validation metric "
-                  "(1 = best). Lower mean rank = a better choice, other things equal.")
-        page.table(ranks.groupby(["dimension", "choice"])["rank"].agg(["mean", "count"]).reset_index())
-        grid = sns.catplot(data=ranks, x="choice", y="rank", col="dimension", kind="violin", sharex=False, col_wrap=3, height=2.8, cut=0)
-        page.figure(grid.figure, f"design-ranks-{name}", "Distribution of each choice's rank among otherwise matched trials")
+        page.text("No two completed trials differ in one design dimension only, so no choice can be ranked with the others "
+                  "fixed. A controlled design makes such groups: `ggt-search search --sampler controlled`.")
+        return
+    groups = ranks.groupby(["dimension", "group"]).ngroups
+    page.text(("Groups from a controlled design (`--sampler controlled`): each group varies one dimension and repeats every "
+               "other parameter, trained with a seed of its own. " if controlled else
+               "Groups of trials that match in every other categorical parameter (this sampler does not make them on "
+               "purpose; `--sampler controlled` does). ") +
+              f"Within each of the {groups} groups, the dimension's choices are ranked by validation metric (1 = best, ties "
+              "averaged). A lower mean rank over many groups = a better choice, other things equal; with few groups per "
+              "dimension, read the ranks as a hint.")
+    page.table(ranks.groupby(["dimension", "choice"])["rank"].agg(["mean", "count"]).rename(columns={"count": "groups"}).reset_index())
+    grid = sns.catplot(data=ranks, x="choice", y="rank", col="dimension", kind="strip", sharex=False, col_wrap=3, height=2.8,
+                       jitter=0.15, alpha=0.6)
+    page.figure(grid.figure, f"design-ranks-{name}", "Each choice's rank within each group that varied its dimension (1 = best)")
 
 
 def design_ranks(trials, higher: bool) -> pd.DataFrame:
-    frame = pd.DataFrame([{**{k: str(v) for k, v in t.params.items() if isinstance(v, (str, bool)) or isinstance(t.distributions[k], optuna.distributions.CategoricalDistribution)}, "value": t.value} for t in trials])
-    dims = [c for c in frame.columns if c != "value" and frame[c].nunique() > 1]
-    rows = []
-    for dim in dims:
-        others = [d for d in dims if d != dim]
-        groups = frame.fillna("-").groupby(others) if others else [(None, frame)]
-        for _, group in groups:
-            best = group.groupby(dim)["value"].max() if higher else group.groupby(dim)["value"].min()
-            if len(best) < 2:
-                continue
-            for choice, rank in best.rank(ascending=not higher, method="average").items():
-                rows.append({"dimension": dim, "choice": choice, "rank": rank})
-    return pd.DataFrame(rows)
+    """GraphGym's rank analysis (You et al. 2020): within each group of trials that differ in
+    one design dimension only, rank that dimension's choices by the validation metric.
+    Groups are a controlled design's (user attrs design_group / design_dimension) when the
+    study has them; otherwise trials that match in every other categorical parameter."""
+    controlled = [t for t in trials if "design_group" in t.user_attrs]
+    if controlled:
+        frame = pd.DataFrame([{"group": t.user_attrs["design_group"], "dimension": t.user_attrs["design_dimension"],
+                               "choice": str(t.params.get(t.user_attrs["design_dimension"])), "value": t.value} for t in controlled])
+        frame = frame.drop_duplicates(["group", "choice"])  # a retried trial repeats its group's choice
+        grouped = [(dimension, group, part.set_index("choice")["value"]) for (dimension, group), part in frame.groupby(["dimension", "group"])]
+    else:
+        categorical = [{k: str(v) for k, v in t.params.items() if isinstance(t.distributions[k], optuna.distributions.CategoricalDistribution)}
+                       | {"value": t.value} for t in trials]
+        frame = pd.DataFrame(categorical).fillna("-")
+        dimensions = [c for c in frame.columns if c != "value" and frame[c].nunique() > 1]
+        grouped = []
+        for dimension in dimensions:
+            others = [d for d in dimensions if d != dimension]
+            for number, (_, part) in enumerate(frame.groupby(others) if others else [(None, frame)]):
+                best = part.groupby(dimension)["value"].max() if higher else part.groupby(dimension)["value"].min()
+                grouped.append((dimension, number, best))
+    rows = [{"dimension": dimension, "group": group, "choice": choice, "rank": rank}
+            for dimension, group, values in grouped if len(values) >= 2
+            for choice, rank in values.rank(ascending=not higher, method="average").items()]
+    return pd.DataFrame(rows, columns=["dimension", "group", "choice", "rank"])
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -9,6 +9,7 @@ a trial whose worker died as failed, and it is retried with the same parameters.
 
 from __future__ import annotations
 
+import random
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -39,12 +40,19 @@ class SearchSettings:
     trials: int | None = 20  # the study's total: rerunning with a larger number adds trials
     timeout: float | None = None
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str | None = None  # median; none for a controlled design
     storage: str = DEFAULT_STORAGE
     artifacts: str | None = None
     seed: int = 0
     workers: int = 1
     heartbeat: int = 30  # seconds; a trial silent for 4x this is failed and retried
+
+    def __post_init__(self):
+        if self.sampler == "controlled" and self.pruner not in (None, "none"):
+            raise UserError(f"--sampler controlled ranks choices trained to the end; --pruner {self.pruner} would stop some early. "
+                            f"Leave out --pruner (or pass --pruner none)")
+        if self.pruner is None:
+            self.pruner = "none" if self.sampler == "controlled" else "median"
 
     def artifact_dir(self) -> Path:
         if self.artifacts:
@@ -56,13 +64,13 @@ class SearchSettings:
 def make_sampler(name: str, seed: int, space: dict) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    if name == "random":
+    if name in ("random", "controlled"):  # controlled: random heads, their siblings enqueued (see controlled_group)
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         return optuna.samplers.GridSampler(grid(space), seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; use tpe, random, grid or gp")
+    raise UserError(f"unknown sampler {name!r}; use tpe, random, grid, gp or controlled")
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -111,7 +119,10 @@ class Objective:
         if total is not None and _position(trial) >= total:
             trial.study.stop()
             raise SurplusTrial(f"surplus: the study already had its {total} trials when this worker asked")
-        return self.train(trial, suggest(trial, self.space, self.base))
+        config = suggest(trial, self.space, self.base)
+        if self.settings.sampler == "controlled":
+            config = controlled_group(trial, self.space, config, self.settings.seed, room=None if total is None else total - _position(trial))
+        return self.train(trial, config)
 
     def train(self, trial: optuna.Trial, config: RunConfig) -> float:
         result = train_trial(trial, config, self.graphs, final=False, prune=True)
@@ -130,6 +141,50 @@ class Objective:
             return True
         maximize = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
         return value > best if maximize else value < best
+
+
+MOST_CHOICES = 8  # an integer range with more values than this is not a design dimension of a controlled group
+
+
+def design_dimensions(space: dict) -> dict[str, list]:
+    """The searched keys a controlled design can vary, with their choices: categorical keys,
+    and integer ranges of at most MOST_CHOICES values (floats such as lr are not design choices)."""
+    dimensions = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict):
+            continue
+        if "choices" in spec:
+            values = spec["choices"]
+        elif "int" in spec and not spec.get("log"):
+            values = list(range(spec["int"][0], spec["int"][1] + 1, spec.get("step", 1)))
+        else:
+            continue
+        if 2 <= len(values) <= MOST_CHOICES:
+            dimensions[key] = values
+    return dimensions
+
+
+def controlled_group(trial: optuna.Trial, space: dict, config: RunConfig, seed: int, room: int | None) -> RunConfig:
+    """GraphGym's controlled random search (You et al., NeurIPS 2020). A randomly sampled head
+    trial picks one design dimension at random and enqueues one sibling per other choice of it,
+    each repeating every other parameter of the head; the whole group trains with a seed of its
+    own, so groups differ in seed too. The report ranks the choices within each group.
+
+    room: trials the study may still start, this one included: a group never outgrows it
+    (a head with no dimension that fits trains alone and joins no group)."""
+    group = trial.user_attrs.get("design_group")
+    if group is None:
+        dimensions = {k: v for k, v in design_dimensions(space).items()
+                      if k in trial.params and (room is None or len(v) <= room)}
+        if dimensions:
+            group, dimension = trial.number, random.Random(seed + trial.number).choice(sorted(dimensions))
+            attrs = {"design_group": group, "design_dimension": dimension}
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            for choice in dimensions[dimension]:
+                if choice != trial.params[dimension]:
+                    trial.study.enqueue_trial({**trial.params, dimension: choice}, user_attrs=attrs)
+    return config if group is None else config.with_overrides(train={"seed": seed + group})
 
 
 def _position(trial: optuna.Trial) -> int:

@@ -100,6 +100,39 @@ def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp
         assert failed.state == TrialState.FAIL and "CUDA" in failed.user_attrs["reason"]
 
 
+def test_a_controlled_design_varies_one_dimension_per_group_and_the_report_ranks_it(tmp_path, bbbp_csv, space):
+    from ggt_search.report import build_report
+    from ggt_search.study import design_dimensions
+
+    study = search(settings(tmp_path, bbbp_csv, space, sampler="controlled", trials=9))
+    assert len(study.trials) == 9 and all(t.state == TrialState.COMPLETE for t in study.trials)  # no pruner: groups train to the end
+    dimensions = design_dimensions(load_space(space))
+    groups = {}
+    for t in study.trials:
+        if "design_group" in t.user_attrs:
+            groups.setdefault(t.user_attrs["design_group"], []).append(t)
+    assert len(groups) >= 3 and sum(map(len, groups.values())) >= 8  # at most one lone head, when no group fits the room left
+    seeds = set()
+    for number, members in groups.items():
+        dimension = members[0].user_attrs["design_dimension"]
+        assert {t.user_attrs["design_dimension"] for t in members} == {dimension}
+        assert sorted(str(t.params[dimension]) for t in members) == sorted(map(str, dimensions[dimension]))  # each choice once
+        head = next(t for t in members if t.number == number)
+        for sibling in members:  # every other parameter the two share is the head's
+            shared = (set(head.params) & set(sibling.params)) - {dimension}
+            assert {k: sibling.params[k] for k in shared} == {k: head.params[k] for k in shared}
+        group_seeds = {t.user_attrs["config"]["train"]["seed"] for t in members}
+        assert len(group_seeds) == 1
+        seeds |= group_seeds
+    assert len(seeds) == len(groups)  # one seed per group: the ranks are over seeds too
+
+    build_report(["s"], f"sqlite:///{tmp_path}/study.db", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"Within each of the {len(groups)} groups" in md and "Groups from a controlled design" in md
+    with pytest.raises(UserError, match="--pruner none"):
+        settings(tmp_path, bbbp_csv, space, sampler="controlled", pruner="median")
+
+
 def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
     from ggt_search.train import Trainer
 
