@@ -167,8 +167,10 @@ def design_dimensions(space: dict) -> dict[str, list]:
 def controlled_group(trial: optuna.Trial, space: dict, config: RunConfig, seed: int, room: int | None) -> RunConfig:
     """GraphGym's controlled random search (You et al., NeurIPS 2020). A randomly sampled head
     trial picks one design dimension at random and enqueues one sibling per other choice of it,
-    each repeating every other parameter of the head; the whole group trains with a seed of its
-    own, so groups differ in seed too. The report ranks the choices within each group.
+    each repeating every other parameter of the head (one that only the new choice enables,
+    such as attention_heads for global_attention: transformer, is drawn at random); the whole
+    group trains with a seed of its own, so groups differ in seed too. The report ranks the
+    choices within each group.
 
     room: trials the study may still start, this one included: a group never outgrows it
     (a head with no dimension that fits trains alone and joins no group)."""
