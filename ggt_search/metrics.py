@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False, "mae": False}
+WIDEST_DIFFERENCE = {"rocauc": 1.0, "ap": 1.0}  # two scores in [0, 1]; RMSE and MAE have no bound
 
 
 def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.Tensor:

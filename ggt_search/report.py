@@ -32,6 +32,7 @@ from scipy import optimize, stats  # noqa: E402
 
 from ggt_search.ablate import BASELINE, run_pair  # noqa: E402
 from ggt_search.errors import UserError  # noqa: E402
+from ggt_search.metrics import WIDEST_DIFFERENCE  # noqa: E402
 from ggt_search.record import TrialRecord  # noqa: E402
 from ggt_search.runner import open_storage  # noqa: E402
 
@@ -117,8 +118,12 @@ def verdict(row: dict, higher_is_better: bool, effect: float | None) -> str:
     if row["p_holm"] < ALPHA:
         better = (row["mean_diff"] > 0) == higher_is_better
         return f"{'helps' if better else 'hurts'} ({interval}, Holm p = {row['p_holm']:.3g}, {row['n']} seeds)"
-    text = (f"no detectable effect at {row['n']} seeds ({interval}); with this spread, {row['n']} seeds detect "
-            f"(80% power) only differences of ±{row['detectable']:.4f} or more")
+    text = f"no detectable effect at {row['n']} seeds ({interval}); with this spread, {row['n']} seeds "
+    widest = row.get("widest")
+    if widest is not None and row["detectable"] > widest:  # e.g. ±3.6 ROC-AUC: no real effect could show
+        text += f"cannot detect even the largest difference the metric allows (±{widest:g}): this comparison needs more seeds"
+    else:
+        text += f"detect (80% power) only differences of ±{row['detectable']:.4f} or more"
     if effect is not None:
         needed = row.get("seeds_for_effect")
         text += f"; ±{effect:g} would need {'more than 1000' if needed is None else f'about {needed}'} seeds"
@@ -230,7 +235,7 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
             test = paired_comparison(own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family, d.info.get("effect"))
             valid = paired_comparison(own["valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy(), family)
             rows.append({"dataset": d.dataset, "variant": variant, **test, "valid_diff": valid["mean_diff"], "p_valid": valid.get("p_t"),
-                         "higher": d.higher, "effect": d.info.get("effect")})
+                         "higher": d.higher, "effect": d.info.get("effect"), "widest": WIDEST_DIFFERENCE.get(d.metric)})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

@@ -193,6 +193,15 @@ def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
     assert not flat["testable"] and "same difference" in flat["why"]
 
 
+def test_a_verdict_never_promises_a_detectable_effect_beyond_the_metric_range():
+    from ggt_search.report import verdict
+
+    row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0}
+    assert row["detectable"] > 1  # two seeds, 20 comparisons: a ROC-AUC difference of more than 1 would be needed
+    assert "cannot detect even the largest difference the metric allows (±1)" in verdict(row | {"widest": 1.0}, True, None)
+    assert f"only differences of ±{row['detectable']:.4f}" in verdict(row | {"widest": None}, False, None)  # RMSE has no bound
+
+
 def add_variant(text: str) -> str:
     return text.replace("  mlp: {model: {conv: mlp}}", "  mlp: {model: {conv: mlp}}\n  post-norm: {model: {norm_position: post}}")
 
