@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_difference, read_yaml_mapping
-from ggt_search.datasets import load_dataset
+from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
 from ggt_search.metrics import HIGHER_IS_BETTER
@@ -155,18 +155,29 @@ def run_pair(trial: optuna.trial.FrozenTrial) -> tuple:
 
 
 def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: DatasetSpec) -> None:
-    """Refuse to add runs of other settings (epochs, model, ...) to a study: they would be pooled."""
+    """Refuse to add runs of other settings (epochs, model, ...) to a study: they would be pooled.
+    That includes a train.init checkpoint rebuilt under the same path since the runs."""
+    checksums = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         variant, seed = run_pair(trial)
-        stored = TrialRecord.of(trial).config
-        if variant is None or stored is None or (variant != BASELINE and variant not in ablation.variants):
+        record = TrialRecord.of(trial)
+        if variant is None or record.config is None or (variant != BASELINE and variant not in ablation.variants):
             continue
         # Read back through RunConfig: a field added to the code since the run takes its default, the old behaviour.
-        difference = config_difference(ablation.config(variant, seed, dataset), RunConfig.from_dict(stored))
+        wanted = ablation.config(variant, seed, dataset)
+        difference = config_difference(wanted, RunConfig.from_dict(record.config))
         if difference:
             field, stored_value, wanted_value = difference
             raise UserError(f"study {study.study_name} holds runs with {field} = {stored_value!r}, but this ablation asks for "
                             f"{wanted_value!r} ({variant}, seed {seed}); rerun with the same settings, or pass --study NEW for a new study")
+        started_from = (record.environment or {}).get("init_sha256")
+        init = wanted.train.init
+        if started_from and Path(init).is_file():
+            checksums.setdefault(init, file_sha256(Path(init)))
+            if checksums[init] != started_from:
+                raise UserError(f"study {study.study_name} holds runs fine-tuned from {init} with sha256 {started_from[:12]}..., "
+                                f"but that file has changed since (now {checksums[init][:12]}...); restore that checkpoint, "
+                                f"or pass --study NEW for a new study")
 
 
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:

@@ -168,7 +168,7 @@ def _save_verified(obj, path: Path) -> None:
     """
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
-    digest = _sha256(tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
     checksum = _checksum_file(path)
     checksum.with_suffix(f".tmp{os.getpid()}").write_text(digest)
@@ -180,7 +180,7 @@ def _load_verified(path: Path):
     if not path.exists():
         return None
     checksum = _checksum_file(path)
-    if not checksum.exists() or checksum.read_text().strip() != _sha256(path):
+    if not checksum.exists() or checksum.read_text().strip() != file_sha256(path):
         print(f"warning: cache file {path} is damaged (its checksum does not match); rebuilding it", file=sys.stderr)
         return None
     return torch.load(path, weights_only=True)
@@ -190,7 +190,7 @@ def _checksum_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -209,7 +209,7 @@ def load_dataset(spec: DatasetSpec | str, *, rebuild: bool = False) -> GraphSet:
     if isinstance(spec, str):
         spec = DatasetSpec(spec)
     source = _resolve_source(spec)
-    checksum = _sha256(source) if source.is_file() else "ogb-download"
+    checksum = file_sha256(source) if source.is_file() else "ogb-download"
     content = {k: v for k, v in spec.to_dict().items() if k != "source"}  # the checksum stands for the file
     key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, content, checksum], sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / f"{Path(spec.name).stem}-{key}"
@@ -424,7 +424,7 @@ def load_corpus(path: Path, smiles_column: str | None, max_molecules: int | None
     molecules; (graphs, how many were excluded). Featurized in chunks, with a progress bar, and cached."""
     if not path.is_file():
         raise UserError(f"corpus file not found: {path}")
-    key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, _sha256(path), smiles_column, max_molecules, sorted(exclude)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([FEATURIZATION_VERSION, file_sha256(path), smiles_column, max_molecules, sorted(exclude)]).encode()).hexdigest()[:16]
     folder = cache_root() / f"corpus-{path.name.split('.')[0]}-{key}"
     stored = _load_verified(folder / "graphs.pt")
     if stored is not None:
@@ -453,7 +453,7 @@ def load_corpus(path: Path, smiles_column: str | None, max_molecules: int | None
         node_ptr=counts_to_ptr(torch.tensor([len(g.atoms) for g in graphs])),
         edge_ptr=counts_to_ptr(torch.tensor([g.edges.shape[1] for g in graphs])),
         y=torch.zeros(len(graphs), 0), split={"train": torch.arange(len(graphs)), "valid": torch.arange(0), "test": torch.arange(0)},
-        checksum=_sha256(path),
+        checksum=file_sha256(path),
     )
     folder.mkdir(parents=True, exist_ok=True)
     _save_verified({"graphs": {k: v for k, v in corpus.__dict__.items() if k not in ("cache_dir", "pe")}, "excluded": excluded}, folder / "graphs.pt")

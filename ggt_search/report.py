@@ -517,12 +517,19 @@ def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> No
             page.text(f"{s.study_name}: dataset {d['name']}, sha256 {d.get('checksum', '?')}, split {d['split']}")
         if "ablation" in s.user_attrs:
             page.text(f"{s.study_name}: seeds {s.user_attrs['ablation']['seeds']}")
-    keys = ("commit", "torch", "torch_geometric", "optuna", "device", "hardware", "threads")
-    groups = pd.DataFrame([{"study": s.study_name, **{k: str((TrialRecord.of(t).environment or {}).get(k, "not recorded")) for k in keys}}
+    groups = pd.DataFrame([{"study": s.study_name, **run_provenance(TrialRecord.of(t))}
                            for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
     if not groups.empty:
-        page.heading("Code, packages and hardware of the runs (as recorded by each run)", 3)
-        page.table(groups.groupby(["study", *keys]).size().reset_index(name="runs"))
+        page.heading("Code, packages, hardware and starting weights of the runs (as recorded by each run)", 3)
+        page.table(groups.groupby(list(groups.columns)).size().reset_index(name="runs"))
+
+
+def run_provenance(record: TrialRecord) -> dict[str, str]:
+    environment = record.environment or {}
+    keys = ("commit", "torch", "torch_geometric", "optuna", "device", "hardware", "threads")
+    fine_tuned = ((record.config or {}).get("train") or {}).get("init")
+    return {k: str(environment.get(k, "not recorded")) for k in keys} | {
+        "init": f"{fine_tuned}, sha256 {environment.get('init_sha256', 'not recorded')[:12]}" if fine_tuned else "from scratch"}
 
 
 def build_report(names: list[str], storage: str, out: Path) -> Path:

@@ -31,6 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ggt_search.config import RunConfig
+from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
 from ggt_search.record import TrialRecord
 from ggt_search.train import NonFiniteLoss, RunResult, Trainer, environment
@@ -132,7 +133,9 @@ def train_trial(trial: optuna.Trial, config: RunConfig, graphs, *, final: bool, 
     record = TrialRecord()
     record.write(trial, config=config.to_dict())  # first: a config that cannot even start is recorded with its failure
     trainer = Trainer(config, graphs)
-    record.write(trial, environment=environment(trainer.device))
+    # What a fine-tuned run started from, by content: a checkpoint rebuilt under the same path is another start.
+    started_from = {"init_sha256": file_sha256(Path(config.train.init))} if config.train.init else {}
+    record.write(trial, environment=environment(trainer.device) | started_from)
 
     def on_epoch(epoch) -> None:
         trial.report(epoch.valid_metric, epoch.epoch)

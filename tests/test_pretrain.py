@@ -96,3 +96,36 @@ def test_a_search_can_choose_between_scratch_and_a_checkpoint(corpus, tmp_path):
                                   storage=f"sqlite:///{tmp_path}/s.db"))
     assert sorted(str(t.params["train.init"]) for t in study.trials) == sorted(["None", str(tmp_path / "pt" / "pretrained.pt")])
     assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_an_ablation_records_its_checkpoint_and_refuses_one_rebuilt_under_the_same_path(corpus, tmp_path):
+    from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
+    from ggt_search.datasets import file_sha256
+    from ggt_search.report import build_report
+
+    checkpoint = tmp_path / "pt" / "pretrained.pt"
+    pretrain(settings_for(corpus, tmp_path / "pt", epochs=1))
+    labelled = tmp_path / "labelled.csv"
+    pd.read_csv(corpus).assign(y=[i % 2 for i in range(400)]).to_csv(labelled, index=False)
+    (tmp_path / "pt.yaml").write_text(f"""
+idea: pre-training
+question: scratch vs fine-tuned
+baseline:
+  model: {{layers: 2, hidden: 16, pe_dim: 4, dropout: 0.0}}
+  train: {{batch_size: 64, device: cpu}}
+variants:
+  pretrained: {{train: {{init: {checkpoint}}}}}
+seeds: 0
+epochs: 1
+""")
+    storage = f"sqlite:///{tmp_path}/pt.db"
+    ablation = load_ablation(tmp_path / "pt.yaml", dataset={"name": str(labelled)})
+    (study,) = run_ablation(AblationSettings(ablation, "pt", storage))
+    recorded = {t.user_attrs["variant"]: t.user_attrs["environment"].get("init_sha256") for t in study.trials}
+    assert recorded == {"baseline": None, "pretrained": file_sha256(checkpoint)}
+    build_report(["pt"], storage, tmp_path / "report")
+    assert f"{checkpoint}, sha256 {file_sha256(checkpoint)[:12]}" in (tmp_path / "report" / "report.md").read_text()
+
+    pretrain(settings_for(corpus, tmp_path / "pt", epochs=2))  # other weights, same path
+    with pytest.raises(UserError, match="has changed since"):
+        run_ablation(AblationSettings(ablation, "pt", storage))
