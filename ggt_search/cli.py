@@ -47,6 +47,17 @@ def port_number(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {value}")
+    return value
+
+
 def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", required=required, default=argparse.SUPPRESS, help=DATASET_HELP)
@@ -198,7 +209,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     config = run_config(args)
     names = [n.strip() for n in args.exclude_datasets.split(",") if n.strip()] if args.exclude_datasets else []
     downstream = [DatasetSpec(n, source=getattr(args, "source", None)) for n in names] or ([config.dataset] if hasattr(args, "dataset") else [])
-    summary = pretrain(PretrainSettings(args.corpus, args.out, config, args.smiles_column_corpus, args.max_molecules, args.mask_rate, tuple(downstream)))
+    summary = pretrain(PretrainSettings(args.corpus, args.out, config, smiles_column=args.smiles_column_corpus, max_molecules=args.max_molecules,
+                                        mask_rate=args.mask_rate, mask_bonds=args.mask_bonds, downstream=tuple(downstream)))
     print(f"pre-trained on {summary['corpus']['molecules']:,} molecules ({summary['graphs_per_second']} graphs/s on {summary['device']}); "
           f"checkpoint: {args.out / 'pretrained.pt'}; fine-tune with --init {args.out / 'pretrained.pt'}")
 
@@ -295,13 +307,16 @@ def add_search_command(commands) -> None:
 
 def add_pretrain_command(commands) -> None:
     pretrain = commands.add_parser("pretrain", help="self-supervised pre-training (attribute masking) on a SMILES corpus",
-                                   description="Pre-trains the encoders and blocks of the given model config by masked-atom prediction. "
+                                   description="Pre-trains the encoders and blocks of the given model config by masked-atom prediction "
+                                               "(and masked-bond prediction, with --mask-bonds). "
                                                "--dataset names the downstream dataset whose validation and test molecules are removed from the corpus.")
     pretrain.add_argument("--corpus", type=Path, required=True, help="SMILES file (csv or csv.gz), e.g. ../shared/data/zinc-moses/train.csv.gz")
     pretrain.add_argument("--out", type=Path, required=True, help="folder for pretrained.pt and pretrained.json")
     pretrain.add_argument("--corpus-smiles-column", dest="smiles_column_corpus", help="the corpus's SMILES column (default: 'smiles', any case)")
     pretrain.add_argument("--max-molecules", type=at_least(2), help="read only the corpus's first N molecules")
-    pretrain.add_argument("--mask-rate", type=float, default=0.15, help="fraction of atoms masked (default 0.15)")
+    pretrain.add_argument("--mask-rate", type=fraction, default=0.15, help="fraction of atoms masked (default 0.15)")
+    pretrain.add_argument("--mask-bonds", action="store_true",
+                          help="also mask the bonds touching masked atoms and predict their bond type (Hu et al.'s edge masking)")
     pretrain.add_argument("--exclude-datasets", help="comma-separated downstream datasets (built with --source) whose validation and test "
                                                      "molecules leave the corpus; default: --dataset, if given")
     add_config_flags(pretrain)

@@ -399,13 +399,16 @@ class GatedGraphTransformer(nn.Module):
         pooled = torch.cat([self.pool(h, batch.nodes), self.pool(e, batch.edges)], -1)
         return self.readout(pooled[: batch.num_graphs])
 
-    def encode(self, batch: Batch, hidden_atoms: torch.Tensor | None = None, mask_token: torch.Tensor | None = None):
-        """Final node and edge states (h, e). Pre-training passes `hidden_atoms` (a boolean row
-        mask) and a learned `mask_token`: those atoms enter as the token, their features unseen."""
+    def encode(self, batch: Batch, hidden_atoms: torch.Tensor | None = None, atom_token: torch.Tensor | None = None,
+               hidden_bonds: torch.Tensor | None = None, bond_token: torch.Tensor | None = None):
+        """Final node and edge states (h, e). Pre-training passes boolean row masks of hidden
+        atoms (and bonds) with learned tokens: those rows enter as the token, their features unseen."""
         c = self.config
         h, e = self.atom_encoder(batch.atoms), self.bond_encoder(batch.bonds)
         if hidden_atoms is not None:
-            h = torch.where(hidden_atoms.unsqueeze(1), mask_token.to(h.dtype), h)
+            h = torch.where(hidden_atoms.unsqueeze(1), atom_token.to(h.dtype), h)
+        if hidden_bonds is not None:
+            e = torch.where(hidden_bonds.unsqueeze(1), bond_token.to(e.dtype), e)
         if c.substructures:
             h, e = h + self.atom_cycle_encoder(batch.atom_cycles), e + self.bond_cycle_encoder(batch.bond_cycles)
         if c.pe_dim:

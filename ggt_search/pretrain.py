@@ -2,7 +2,9 @@
 
 A fraction of the atoms of every molecule (15% by default) enter the model as a learned mask
 token instead of their features; a linear head predicts each masked atom's element from its
-final state. The head and the token are dropped afterwards: the checkpoint holds the
+final state. With `mask_bonds`, the bonds touching a masked atom enter as a second token too,
+and a second head predicts each one's bond type from its two atoms' final states (Hu et al.'s
+edge masking). The heads and tokens are dropped afterwards: the checkpoint holds the
 encoders and blocks, the model config they were trained with, the corpus checksum, the
 objective and the loss curve, and `train.init` fine-tunes from it (the task head is fresh).
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from ogb.utils.features import get_atom_feature_dims
+from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch import nn
 
 from ggt_search.batching import DeviceGraphs
@@ -31,6 +33,7 @@ from ggt_search.model import GatedGraphTransformer
 from ggt_search.train import resolve_device
 
 ELEMENTS = get_atom_feature_dims()[0]  # OGB's first atom feature: the element (atomic number - 1, or "misc")
+BOND_TYPES = get_bond_feature_dims()[0]  # OGB's first bond feature: single, double, triple, aromatic, misc
 
 
 @dataclass
@@ -41,24 +44,33 @@ class PretrainSettings:
     smiles_column: str | None = None
     max_molecules: int | None = None
     mask_rate: float = 0.15
+    mask_bonds: bool = False  # also mask the bonds touching masked atoms and predict their bond type
     downstream: tuple[DatasetSpec, ...] = ()  # datasets whose validation and test molecules leave the corpus
 
 
-class MaskedAtomHead(nn.Module):
-    """The pre-training objective's own parts: the mask token and the element classifier."""
+class MaskingHead(nn.Module):
+    """The pre-training objective's own parts: the mask tokens and the classifiers."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.token = nn.Parameter(torch.zeros(dim))
-        self.classify = nn.Linear(dim, ELEMENTS)
+        self.atom_token, self.bond_token = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
+        self.element = nn.Linear(dim, ELEMENTS)
+        self.bond_type = nn.Linear(dim, BOND_TYPES)
 
 
-def masked_atom_loss(model: GatedGraphTransformer, head: MaskedAtomHead, batch, rate: float, generator: torch.Generator | None = None):
-    """Cross-entropy of the masked atoms' elements, predicted from what the model saw without them."""
-    hidden = torch.rand(len(batch.atoms), generator=generator, device=batch.atoms.device) < rate
+def masking_loss(model: GatedGraphTransformer, head: MaskingHead, batch, rate: float, mask_bonds: bool = False):
+    """Cross-entropy of the masked atoms' elements (plus, with mask_bonds, of the bond types of
+    the bonds touching them), predicted from what the model saw without them."""
+    hidden = torch.rand(len(batch.atoms), device=batch.atoms.device) < rate
     hidden[0] |= ~hidden.any()  # at least one masked atom per batch
-    h, _ = model.encode(batch, hidden_atoms=hidden, mask_token=head.token)
-    return F.cross_entropy(head.classify(h[hidden]), batch.atoms[hidden, 0])
+    source, target = batch.edge_index
+    hidden_bonds = hidden[source] | hidden[target] if mask_bonds else None
+    h, _ = model.encode(batch, hidden, head.atom_token, hidden_bonds, head.bond_token)
+    loss = F.cross_entropy(head.element(h[hidden]), batch.atoms[hidden, 0])
+    if mask_bonds:  # a bond's type from both its atoms, symmetric in the two; a lone masked ion has no bond
+        ends = h[source[hidden_bonds]] + h[target[hidden_bonds]]
+        loss = loss + F.cross_entropy(head.bond_type(ends), batch.bonds[hidden_bonds, 0], reduction="sum") / hidden_bonds.sum().clamp(min=1)
+    return loss
 
 
 def pretrain(settings: PretrainSettings) -> dict:
@@ -72,7 +84,7 @@ def pretrain(settings: PretrainSettings) -> dict:
     torch.manual_seed(cfg.train.seed)
     data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
     model = GatedGraphTransformer(cfg.model, num_tasks=1).to(device)
-    head = MaskedAtomHead(cfg.model.hidden).to(device)
+    head = MaskingHead(cfg.model.hidden).to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     curve, start = [], time.perf_counter()
@@ -83,7 +95,7 @@ def pretrain(settings: PretrainSettings) -> dict:
             if batch.real_graphs == 1:
                 continue  # BatchNorm cannot normalise a single molecule
             optimizer.zero_grad(set_to_none=True)
-            loss = masked_atom_loss(model, head, batch, settings.mask_rate)
+            loss = masking_loss(model, head, batch, settings.mask_rate, settings.mask_bonds)
             loss.backward()
             optimizer.step()
             total += loss.detach()
@@ -91,10 +103,11 @@ def pretrain(settings: PretrainSettings) -> dict:
         curve.append(float(total) / max(steps, 1))
         if not math.isfinite(curve[-1]):
             raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")
-        print(f"epoch {epoch:3d}  masked-atom loss {curve[-1]:.4f}", flush=True)
+        print(f"epoch {epoch:3d}  masking loss {curve[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - start
     summary = {
-        "objective": f"attribute masking (the element of {settings.mask_rate:.0%} of atoms)",
+        "objective": f"attribute masking (the element of {settings.mask_rate:.0%} of atoms"
+                     f"{', and the type of the bonds touching them' if settings.mask_bonds else ''})",
         "corpus": {"path": str(settings.corpus), "sha256": corpus.checksum, "molecules": corpus.num_graphs, "removed_for_leakage": removed,
                    "downstream": names or None},
         "loss_curve": curve,

@@ -9,7 +9,7 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import DatasetSpec, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.model import GatedGraphTransformer
-from ggt_search.pretrain import MaskedAtomHead, PretrainSettings, pretrain
+from ggt_search.pretrain import MaskingHead, PretrainSettings, pretrain
 from ggt_search.train import Trainer
 from tests.conftest import tiny_config
 
@@ -30,18 +30,32 @@ def settings_for(corpus, out, downstream=None, **train):
     return PretrainSettings(corpus, out, config, downstream=(config.dataset,) if downstream else ())
 
 
-def test_masked_atoms_are_never_seen_by_the_model(bbbp_small):
+def test_masked_atoms_and_bonds_are_never_seen_by_the_model(bbbp_small):
     data = DeviceGraphs(bbbp_small, "cpu", pe_dim=4)
     batch = data.batch(data.split["train"][:32])
     torch.manual_seed(0)
-    model, head = GatedGraphTransformer(tiny_config().model, 1).eval(), MaskedAtomHead(16)
+    model, head = GatedGraphTransformer(tiny_config().model, 1).eval(), MaskingHead(16)
     hidden = torch.rand(len(batch.atoms)) < 0.15
-    changed = batch.atoms.clone()
-    changed[hidden] = torch.randint(0, 2, (int(hidden.sum()), 9))  # other elements, charges, ... on the masked atoms
-    seen = model.encode(batch, hidden_atoms=hidden, mask_token=head.token)[0]
-    other = model.encode(type(batch)(**{**batch.__dict__, "atoms": changed}), hidden_atoms=hidden, mask_token=head.token)[0]
-    assert torch.equal(seen, other)  # nothing of a masked atom's features reaches any state
-    assert not torch.equal(model.encode(batch)[0], model.encode(type(batch)(**{**batch.__dict__, "atoms": changed}))[0])
+    hidden_bonds = hidden[batch.edge_index[0]] | hidden[batch.edge_index[1]]
+    atoms, bonds = batch.atoms.clone(), batch.bonds.clone()
+    atoms[hidden] = torch.randint(0, 2, (int(hidden.sum()), 9))  # other elements, charges, ... on the masked atoms
+    bonds[hidden_bonds] = torch.randint(0, 2, (int(hidden_bonds.sum()), 3))  # other bond types on the bonds touching them
+    changed = type(batch)(**{**batch.__dict__, "atoms": atoms, "bonds": bonds})
+
+    def states(b, **masks):
+        return torch.cat(model.encode(b, **masks))
+
+    masked = {"hidden_atoms": hidden, "atom_token": head.atom_token, "hidden_bonds": hidden_bonds, "bond_token": head.bond_token}
+    assert torch.equal(states(batch, **masked), states(changed, **masked))  # nothing of a masked atom or bond reaches any state
+    atoms_only = {"hidden_atoms": hidden, "atom_token": head.atom_token}
+    assert not torch.equal(states(batch, **atoms_only), states(changed, **atoms_only))  # the bonds' features do, unmasked
+    assert not torch.equal(states(batch), states(changed))
+
+
+def test_bond_masking_lowers_its_loss_and_says_so(corpus, tmp_path):
+    summary = pretrain(PretrainSettings(corpus, tmp_path / "pt", settings_for(corpus, tmp_path).config, mask_bonds=True))
+    assert summary["loss_curve"][-1] < 0.7 * summary["loss_curve"][0]
+    assert summary["objective"] == "attribute masking (the element of 15% of atoms, and the type of the bonds touching them)"
 
 
 def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(corpus, bbbp_small, tmp_path):
@@ -68,6 +82,9 @@ def test_a_checkpoint_of_another_architecture_is_refused(corpus, bbbp_small, tmp
         Trainer(wider, bbbp_small).build_model()
     assert cli.main(["train", "--dataset", "nci-tpsa", "--init", str(tmp_path / "none.pt"), "--device", "cpu"]) == 2
     assert "train.init: no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        cli.main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--mask-rate", "1.5"])
+    assert capsys.readouterr().err.strip().splitlines() == ["error: argument --mask-rate: must be a fraction in (0, 1], got 1.5 (see ggt-search pretrain --help)"]
 
 
 def test_the_leakage_guard_removes_the_downstream_validation_and_test_molecules(moleculenet, tmp_path):
