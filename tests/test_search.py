@@ -242,8 +242,9 @@ def test_every_value_of_a_space_is_checked_before_the_study_exists(tmp_path, bbb
 
 def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/stopped.db"
-    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "c", "--space", str(space), "--trials", "2",
-               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
+    # A trial far longer than any machine's wait for its first epoch: the Ctrl-C always finds it running.
+    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "c", "--space", str(space), "--trials", "1",
+               "--epochs", "10000", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
     worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_epochs(storage, "c", 1)
     os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
