@@ -62,3 +62,12 @@ def age_heartbeats(storage_url: str, seconds: float) -> None:
         for row in session.query(models.TrialHeartbeatModel).all():
             row.heartbeat = row.heartbeat - timedelta(seconds=seconds)
         session.commit()
+
+
+def interruptible() -> None:
+    """Popen's preexec_fn for a child that must take Ctrl-C: a shell's background job (`cmd &`,
+    as a CI runner may start the suite) ignores SIGINT, and a child inherits that; Python then
+    installs no KeyboardInterrupt handler. Restore the default so the child behaves as in a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -10,6 +10,8 @@ import urllib.request
 import optuna
 import pytest
 
+from tests.conftest import interruptible
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -37,7 +39,7 @@ def test_dashboard_shows_the_study_in_a_real_browser(study_storage, tmp_path):
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "ggt_search.cli", "dashboard", "--storage", study_storage, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=interruptible)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -17,7 +17,7 @@ from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.space import load_space
 from ggt_search.study import SearchSettings, search
-from tests.conftest import age_heartbeats
+from tests.conftest import age_heartbeats, interruptible
 
 TINY_SPACE = """
 model.conv: {choices: [gated-gcn, gcn, mlp]}
@@ -245,7 +245,8 @@ def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbb
     # A trial far longer than any machine's wait for its first epoch: the Ctrl-C always finds it running.
     command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "c", "--space", str(space), "--trials", "1",
                "--epochs", "10000", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
-    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=interruptible)
     wait_for_epochs(storage, "c", 1)
     os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
     _, err = worker.communicate(timeout=120)
