@@ -247,9 +247,13 @@ def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbb
                "--epochs", "10000", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
     worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                               preexec_fn=interruptible)
-    wait_for_epochs(storage, "c", 1)
-    os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
-    _, err = worker.communicate(timeout=120)
+    try:
+        wait_for_epochs(storage, "c", 1)
+        os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
+        _, err = worker.communicate(timeout=120)
+    finally:  # a search that ignored the Ctrl-C must not train on after the test
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
     assert worker.returncode == 130
     assert err.strip().splitlines() == ["stopped: what had finished is recorded; rerun the same command to resume"]
     trial = optuna.load_study(study_name="c", storage=storage).trials[0]
