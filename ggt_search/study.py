@@ -116,12 +116,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         total = self.settings.trials
-        if total is not None and _position(trial) >= total:
+        room = None if total is None else total - _position(trial)  # trials the study may still start, this one included
+        if room is not None and room <= 0:
             trial.study.stop()
             raise SurplusTrial(f"surplus: the study already had its {total} trials when this worker asked")
         config = suggest(trial, self.space, self.base)
         if self.settings.sampler == "controlled":
-            config = controlled_group(trial, self.space, config, self.settings.seed, room=None if total is None else total - _position(trial))
+            config = controlled_group(trial, self.space, config, self.settings.seed, room)
         return self.train(trial, config)
 
     def train(self, trial: optuna.Trial, config: RunConfig) -> float:
