@@ -3,7 +3,8 @@
 #  1. the CUDA tests (CUDA-graph steps equal eager steps; no host sync inside an epoch);
 #  2. throughput of the reference default model on ogbg-molhiv: eager fast path vs PyG,
 #     then CUDA-graph steps at batch 256 (fp32) and 1024/4096 (bf16), each profiled
-#     (wall vs device time per step, kernel launches, syncs);
+#     (wall vs device time per step, kernel launches, syncs); then the same with the
+#     forward torch.compile'd (inductor's fused kernels, captured in the CUDA graphs);
 #  3. K = 4 concurrent trainings with CUDA graphs.
 # Writes JSON, Markdown and profiles under $OUT (default bench/results).
 # Usage: bench/gpu.sh [FOLDER_WITH_HIV.csv.gz_AND_BBBP.csv]
@@ -20,5 +21,7 @@ bench() { python3 -m ggt_search.cli bench --dataset ogbg-molhiv --source "$sourc
   bench --batch-size 256 --cuda-graphs --profile --no-baseline --out "$out/b256-fp32-graphs"
   bench --batch-size 1024 --precision bf16 --cuda-graphs --profile --no-baseline --out "$out/b1024-bf16-graphs"
   bench --batch-size 4096 --precision bf16 --cuda-graphs --profile --no-baseline --out "$out/b4096-bf16-graphs"
+  bench --batch-size 256 --compile --cuda-graphs --profile --no-baseline --out "$out/b256-fp32-compiled-graphs"
+  bench --batch-size 1024 --precision bf16 --compile --cuda-graphs --profile --no-baseline --out "$out/b1024-bf16-compiled-graphs"
   bench --batch-size 256 --cuda-graphs --no-baseline --concurrent 4 --out "$out/b256-graphs-x4"
 } 2>&1 | tee "$out/log.txt"

@@ -56,7 +56,7 @@ def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
 def fast_batches(trainer: Trainer, graphs: torch.Tensor):
     """The device-resident path, padded to fixed shapes when the config replays CUDA graphs."""
     cfg = trainer.config.train
-    return trainer.data.batches(graphs, cfg.batch_size, shuffle=True, padded=cfg.cuda_graphs)
+    return trainer.data.batches(graphs, cfg.batch_size, shuffle=True, padded=cfg.padded)
 
 
 def time_epochs(trainer: Trainer, paths: dict[str, tuple], repeats: int) -> dict[str, float]:
@@ -153,6 +153,7 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
         "batch_size": config.train.batch_size,
         "precision": config.train.precision,
         "cuda_graphs": config.train.cuda_graphs,
+        "compile": config.train.compile,
         "parameters": count_parameters(fast_model),
     } | report | {
         "epochs_timed": repeats,

@@ -163,6 +163,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
     eval_train: bool = False  # re-score the training set every epoch (costs a training epoch)
     cuda_graphs: bool = False  # replay each training step as a CUDA graph on padded fixed-shape batches
+    compile: bool = False  # torch.compile the training forward (one graph, fused kernels) on padded fixed-shape batches
     init: str | None = None  # fine-tune from this `ggt-search pretrain` checkpoint (task head always fresh)
 
     def __post_init__(self):
@@ -176,6 +177,11 @@ class TrainConfig:
             raise UserError(f"train.lr_factor must be in (0, 1), got {self.lr_factor!r}")
         if self.cuda_graphs and self.precision == "fp16":
             raise UserError("train.cuda_graphs cannot go with fp16 (its loss scaler syncs with the host); use bf16")
+
+    @property
+    def padded(self) -> bool:
+        """Training batches padded to fixed shapes: what a CUDA graph or a static-shape compile needs."""
+        return self.cuda_graphs or self.compile
 
 
 @dataclass

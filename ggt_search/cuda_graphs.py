@@ -57,7 +57,7 @@ class CUDAGraphStep(TrainStep):
             graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)  # the graph owns its gradients
             with torch.cuda.graph(graph):
-                loss = self.trainer.loss(self.model, static)
+                loss = self.trainer.loss(self.forward, static)
                 loss.backward()
                 self.optimizer.step()
         return graph, static, loss.detach()

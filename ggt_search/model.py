@@ -132,7 +132,7 @@ class NeighbourAggregation(nn.Module):
 
 
 class GraphConv(MessagePassing):
-    """What both convolutions share: the aggregation choice and the optional MessageNorm.
+    r"""What both convolutions share: the aggregation choice and the optional MessageNorm.
 
     With `message_norm`, the aggregated message is rescaled to the node's own norm before
     it is added (DeeperGCN's MessageNorm): :math:`m_i \leftarrow s \, \|h_i\|_2 \, m_i / \|m_i\|_2`,

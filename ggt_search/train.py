@@ -32,6 +32,8 @@ from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score, trivial_sco
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
 
 EVAL_BATCH_SIZE = 1024
+COMPILE_BACKEND = "inductor"  # train.compile's backend; the CPU tests trace with "aot_eager" (no code generation)
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the candidate diverged."""
@@ -208,7 +210,7 @@ class Trainer:
 
     def train_epoch(self, step: "TrainStep", generator, epoch: int) -> float:
         cfg = self.config.train
-        batches = self.data.batches(self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.cuda_graphs)
+        batches = self.data.batches(self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.padded)
         num_batches = math.ceil(len(self.data.split["train"]) / cfg.batch_size)
         progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
         mean_loss = self.train_steps(step, progress)
@@ -273,18 +275,25 @@ def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
 
 
 class TrainStep:
-    """One optimisation step, run eagerly: Adam on the masked loss of a batch."""
+    """One optimisation step: Adam on the masked loss of a batch.
+
+    With `train.compile`, the forward runs as one `torch.compile`d graph (inductor's fused
+    kernels) specialised to the padded batch shape; evaluation stays eager, as its batches
+    are not padded. The module and its weights are the same object either way.
+    """
 
     def __init__(self, trainer: Trainer, model: GatedGraphTransformer, lr: float | torch.Tensor | None = None, **adam):
         cfg = trainer.config.train
         self.trainer, self.model = trainer, model
+        # fullgraph: a graph break would mean a host sync or a Python fallback inside the step.
+        self.forward = torch.compile(model, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if cfg.compile else model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay, **adam)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and trainer.device.type == "cuda")
 
     def __call__(self, batch) -> torch.Tensor:
         """Train on `batch`; returns its loss, detached."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.trainer.loss(self.model, batch)
+        loss = self.trainer.loss(self.forward, batch)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
