@@ -49,7 +49,7 @@ POWER = 0.8  # the power at which detectable effects are stated
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order."""
-    order = np.argsort(p_values)
+    order = np.argsort(p_values, kind="stable")
     m = len(p_values)
     adjusted = np.empty(m)
     running = 0.0
@@ -59,12 +59,33 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def holm_levels(p_values: list[float], alpha: float = ALPHA) -> list[float]:
+    """The level at which Holm's step-down tests each hypothesis, in the input order: alpha / (m - i)
+    for the i-th smallest p (from 0) while every smaller p was rejected; from the first step that
+    fails on, that step's level (Holm stops there). So a two-sided test at its level rejects exactly
+    when the Holm-adjusted p is below alpha, and the t-interval at 1 - level excludes 0 exactly then."""
+    order = np.argsort(p_values, kind="stable")  # the order `holm` steps through
+    m = len(p_values)
+    levels = np.empty(m)
+    stopped = None
+    for rank, index in enumerate(order):
+        if stopped is None and p_values[index] >= alpha / (m - rank):
+            stopped = alpha / (m - rank)
+        levels[index] = alpha / (m - rank) if stopped is None else stopped
+    return levels.tolist()
+
+
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The mean's t-interval; (mean, mean) when fewer than 2 values say nothing of the spread."""
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, mean
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return mean_interval(mean, float(np.std(values, ddof=1)), len(values), level)
+
+
+def mean_interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
+    """The t-interval of a mean of n values with sample standard deviation sd."""
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
     return mean - half, mean + half
 
 
@@ -87,9 +108,10 @@ def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER, 
 
 
 def paired_comparison(variant: np.ndarray, baseline: np.ndarray, family: int = 1, effect: float | None = None) -> dict:
-    """Mean paired difference, its 95% t-interval and the family-adjusted (Bonferroni) one, the
-    paired t-test and Wilcoxon p-values, and the power analysis. With fewer than two pairs, or
-    differences without spread, nothing is testable and no p-value is given."""
+    """Mean paired difference, its 95% t-interval, the paired t-test and Wilcoxon p-values, and the
+    power analysis at the Bonferroni level of a family of `family` comparisons (Holm's strictest
+    step). With fewer than two pairs, or differences without spread, nothing is testable and no
+    p-value is given. The family-adjusted interval needs the whole family: `compare` adds it."""
     diff = np.asarray(variant, dtype=float) - np.asarray(baseline, dtype=float)
     n = len(diff)
     row = {"n": n, "mean_diff": float(diff.mean()) if n else float("nan"), "testable": False}
@@ -98,10 +120,8 @@ def paired_comparison(variant: np.ndarray, baseline: np.ndarray, family: int = 1
     sd = float(diff.std(ddof=1))
     if np.allclose(diff, diff[0], rtol=0, atol=1e-12):  # float noise is no spread
         return row | {"why": f"all {n} seeds gave the same difference ({diff[0]:+.4f}): no spread to test against"}
-    adjusted = 1 - ALPHA / family
     row |= {"testable": True, "sd": sd}
     row["ci_low"], row["ci_high"] = t_interval(diff)
-    row["adj_low"], row["adj_high"] = t_interval(diff, adjusted)
     row["p_t"] = float(stats.ttest_rel(variant, baseline).pvalue)
     row["p_wilcoxon"] = float(stats.wilcoxon(variant, baseline).pvalue) if np.any(diff != 0) else 1.0
     row["detectable"] = detectable_effect(sd, n, ALPHA / family)
@@ -241,8 +261,14 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
         return frame
     testable = frame["testable"].to_numpy()
     frame["p_holm"] = np.nan
+    frame["adj_low"] = frame["adj_high"] = np.nan
     if testable.any():
-        frame.loc[testable, "p_holm"] = holm(frame.loc[testable, "p_t"].tolist())
+        p_values = frame.loc[testable, "p_t"].tolist()
+        frame.loc[testable, "p_holm"] = holm(p_values)
+        # Each difference's interval at the level Holm tested it: it excludes 0 exactly when the verdict is helps/hurts.
+        for index, level in zip(frame.index[testable], holm_levels(p_values)):
+            r = frame.loc[index]
+            frame.loc[index, ["adj_low", "adj_high"]] = mean_interval(r["mean_diff"], r["sd"], r["n"], 1 - level)
     frame["verdict"] = [verdict(r, r["higher"], r["effect"]) for r in frame.to_dict("records")]
     return frame
 
@@ -277,8 +303,12 @@ def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None
     testable = int(comparison["testable"].sum()) if not comparison.empty else 0
     page.text(f"Paired t-tests on test over matching seeds, Holm-corrected over all {testable} testable comparisons"
               f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is each "
-              f"difference's own; the family-adjusted CI (Bonferroni, level 1 - {ALPHA}/m) is the one that goes with the "
-              f"Holm decision. 'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out.")
+              f"difference's own. The family-adjusted CI goes with the Holm decision: it is the t-interval at the level "
+              f"Holm's step-down test used for that comparison (1 - {ALPHA}/(m - i + 1) for the i-th smallest p; after the "
+              f"step where Holm stops, that step's level), so it excludes 0 exactly when the verdict is helps or hurts. "
+              f"Bonferroni's intervals (level 1 - {ALPHA}/m for all) are as wide as the smallest p's and, unlike these, cover "
+              f"all differences at once with 95% probability. Detectable effects are stated at Bonferroni's level. "
+              f"'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out.")
     for r in comparison.to_dict("records"):
         where = f" on {r['dataset']}" if datasets > 1 else ""
         page.text(f"{r['variant']} vs baseline{where}: {r['verdict']}")

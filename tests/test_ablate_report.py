@@ -11,7 +11,7 @@ from scipy import stats
 from ggt_search import cli
 from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
 from ggt_search.errors import UserError
-from ggt_search.report import build_report, holm, paired_comparison
+from ggt_search.report import build_report, holm, holm_levels, mean_interval, paired_comparison
 from tests.conftest import age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
@@ -128,6 +128,23 @@ def test_statistics_match_scipy():
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
 
 
+def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides():
+    """Holm tests the i-th smallest p at 0.05 / (m - i + 1) and stops at the first failure. Known
+    numbers: sorted p 0.01, 0.012 pass (0.0125, 0.0167), 0.04 fails at 0.025, and 0.3 keeps 0.025."""
+    assert holm_levels([0.01, 0.04, 0.012, 0.3]) == pytest.approx([0.05 / 4, 0.05 / 2, 0.05 / 3, 0.05 / 2])
+    # On many random families of paired differences, the interval at each level and the decision agree.
+    rng = np.random.default_rng(0)
+    agreements, decisions = [], []
+    for _ in range(200):
+        diffs = [rng.normal(rng.choice([0.0, 0.01, 0.03]), 0.02, size=int(rng.integers(3, 11))) for _ in range(int(rng.integers(2, 20)))]
+        p_values = [stats.ttest_1samp(d, 0).pvalue for d in diffs]
+        for d, p_holm, level in zip(diffs, holm(p_values), holm_levels(p_values)):
+            low, high = mean_interval(d.mean(), d.std(ddof=1), len(d), 1 - level)
+            agreements.append((p_holm < 0.05) == (low > 0 or high < 0))
+            decisions.append(p_holm < 0.05)
+    assert all(agreements) and 100 < sum(decisions) < len(decisions) - 100  # both decisions, many times
+
+
 def test_bad_ablation_files_and_study_names(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("baseline: {}\nvariants:\n  x: {model: {conv: transformer}}\n")
@@ -196,7 +213,7 @@ def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
 def test_a_verdict_never_promises_a_detectable_effect_beyond_the_metric_range():
     from ggt_search.report import verdict
 
-    row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0}
+    row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0, "adj_low": -3.0, "adj_high": 2.8}
     assert row["detectable"] > 1  # two seeds, 20 comparisons: a ROC-AUC difference of more than 1 would be needed
     assert "cannot detect even the largest difference the metric allows (±1)" in verdict(row | {"widest": 1.0}, True, None)
     assert f"only differences of ±{row['detectable']:.4f}" in verdict(row | {"widest": None}, False, None)  # RMSE has no bound
