@@ -305,7 +305,7 @@ def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None
               f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is each "
               f"difference's own. The family-adjusted CI goes with the Holm decision: it is the t-interval at the level "
               f"Holm's step-down test used for that comparison (1 - {ALPHA}/(m - i + 1) for the i-th smallest p; after the "
-              f"step where Holm stops, that step's level), so it excludes 0 exactly when the verdict is helps or hurts. "
+              f"step where Holm stops, that step's level), so it excludes 0 exactly when Holm's test finds a difference. "
               f"Bonferroni's intervals (level 1 - {ALPHA}/m for all) are as wide as the smallest p's and, unlike these, cover "
               f"all differences at once with 95% probability. Detectable effects are stated at Bonferroni's level. "
               f"'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out.")
