@@ -54,7 +54,7 @@ def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
 
 
 def fast_batches(trainer: Trainer, graphs: torch.Tensor):
-    """The device-resident path, padded to fixed shapes when the config replays CUDA graphs."""
+    """The device-resident path, padded to fixed shapes when the config replays CUDA graphs or compiles."""
     cfg = trainer.config.train
     return trainer.data.batches(graphs, cfg.batch_size, shuffle=True, padded=cfg.padded)
 

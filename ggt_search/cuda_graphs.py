@@ -29,8 +29,8 @@ class CUDAGraphStep(TrainStep):
     tensor the plateau scheduler updates in place.
     """
 
-    def __init__(self, trainer: Trainer, model: GatedGraphTransformer):
-        super().__init__(trainer, model, lr=torch.tensor(trainer.config.train.lr, device=trainer.device), capturable=True)
+    def __init__(self, trainer: Trainer, model: GatedGraphTransformer, compiled: bool = False):
+        super().__init__(trainer, model, lr=torch.tensor(trainer.config.train.lr, device=trainer.device), compiled=compiled, capturable=True)
         self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, object, torch.Tensor]] = {}
 
     def __call__(self, batch) -> torch.Tensor:

@@ -148,11 +148,13 @@ class Trainer:
                               cache_enabled=not self.config.train.cuda_graphs)
 
     def make_step(self, model: GatedGraphTransformer) -> "TrainStep":
+        """The training step the config asks for: eager or replayed as CUDA graphs, its forward compiled or not."""
+        compiled = self.config.train.compile
         if self.config.train.cuda_graphs:
             from ggt_search.cuda_graphs import CUDAGraphStep  # it builds on TrainStep, defined below
 
-            return CUDAGraphStep(self, model)
-        return TrainStep(self, model)
+            return CUDAGraphStep(self, model, compiled)
+        return TrainStep(self, model, compiled=compiled)
 
     def fit(
         self,
@@ -277,16 +279,18 @@ def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
 class TrainStep:
     """One optimisation step: Adam on the masked loss of a batch.
 
-    With `train.compile`, the forward runs as one `torch.compile`d graph (inductor's fused
-    kernels) specialised to the padded batch shape; evaluation stays eager, as its batches
-    are not padded. The module and its weights are the same object either way.
+    With `compiled` (`train.compile`, via `Trainer.make_step`), the forward runs as one
+    `torch.compile`d graph (inductor's fused kernels) specialised to the padded batch shape;
+    evaluation stays eager, as its batches are not padded. The module and its weights are the
+    same object either way.
     """
 
-    def __init__(self, trainer: Trainer, model: GatedGraphTransformer, lr: float | torch.Tensor | None = None, **adam):
+    def __init__(self, trainer: Trainer, model: GatedGraphTransformer, lr: float | torch.Tensor | None = None,
+                 compiled: bool = False, **adam):
         cfg = trainer.config.train
         self.trainer, self.model = trainer, model
         # fullgraph: a graph break would mean a host sync or a Python fallback inside the step.
-        self.forward = torch.compile(model, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if cfg.compile else model
+        self.forward = torch.compile(model, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled else model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay, **adam)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and trainer.device.type == "cuda")
 
