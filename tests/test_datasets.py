@@ -293,3 +293,14 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, monkeypatch, cap
     assert f"cache file {path} is damaged" in capsys.readouterr().err
     assert load_dataset(spec).load_pe(4) is not None and "damaged" not in capsys.readouterr().err  # repaired for good
 
+
+def test_every_sources_dataset_flag_sets_its_spec_field():
+    from ggt_search import cli
+    from ggt_search.config import build
+
+    args = cli.build_parser().parse_args([
+        "train", "--dataset", "own.csv", "--source", "tables", "--smiles-column", "mol", "--targets", "a, b",
+        "--task-type", "regression", "--split", "random", "--split-seed", "3", "--invalid-smiles", "skip"])
+    assert build(DatasetSpec, cli.dataset_overrides(args), "dataset") == DatasetSpec(
+        "own.csv", source="tables", smiles_column="mol", target_columns=("a", "b"), task_type="regression",
+        split="random", split_seed=3, invalid_smiles="skip")
