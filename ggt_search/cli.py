@@ -59,24 +59,19 @@ def fraction(text: str) -> float:
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    from ggt_search.sources import dataset_flags
+
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", required=required, default=argparse.SUPPRESS, help=DATASET_HELP)
-    group.add_argument("--source", default=argparse.SUPPRESS, help="build an OGB name offline from this MoleculeNet table (file, or the folder holding it)")
-    group.add_argument("--smiles-column", default=argparse.SUPPRESS, help="own CSV: the SMILES column (default: 'smiles')")
-    group.add_argument("--targets", default=argparse.SUPPRESS, help="own CSV: comma-separated target columns (default: all others)")
-    group.add_argument("--task-type", choices=("classification", "regression"), default=argparse.SUPPRESS, help="own CSV: override the inferred task type")
-    group.add_argument("--split", choices=("scaffold", "random"), default=argparse.SUPPRESS, help="own CSV: split (default scaffold, 80/10/10)")
-    group.add_argument("--split-seed", type=int, default=argparse.SUPPRESS, help="own CSV: seed of the random split")
-    group.add_argument("--invalid-smiles", choices=("fail", "skip"), default=argparse.SUPPRESS, help="unparsable SMILES: stop with their line numbers (default) or drop them")
+    for flag in dataset_flags():
+        group.add_argument(flag.name, type=flag.type, choices=flag.choices, default=argparse.SUPPRESS, help=flag.help)
 
 
 def dataset_overrides(args: argparse.Namespace) -> dict:
-    names = {"dataset": "name", "source": "source", "smiles_column": "smiles_column", "targets": "target_columns",
-             "task_type": "task_type", "split": "split", "split_seed": "split_seed", "invalid_smiles": "invalid_smiles"}
-    values = {key: getattr(args, flag) for flag, key in names.items() if hasattr(args, flag)}
-    if "target_columns" in values:
-        values["target_columns"] = [c.strip() for c in values["target_columns"].split(",") if c.strip()]
-    return values
+    from ggt_search.sources import dataset_flags
+
+    values = {"name": args.dataset} if hasattr(args, "dataset") else {}
+    return values | {flag.field: getattr(args, flag.dest) for flag in dataset_flags() if hasattr(args, flag.dest)}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

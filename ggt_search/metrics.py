@@ -33,7 +33,7 @@ def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.
 
 
 def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray, dataset: str | None = None) -> float:
-    from ggt_search.datasets import OGB_DATASETS
+    from ggt_search.sources.ogb import OGB_DATASETS
 
     if dataset in OGB_DATASETS:
         from ogb.graphproppred import Evaluator

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from ggt_search.config import DatasetSpec
-from ggt_search.datasets import _read_ogb_raw, cache_root, load_dataset
+from ggt_search.datasets import cache_root, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.positional import laplacian_pe
+from ggt_search.sources.ogb import read_ogb_raw
 
 REJECTED_BY_RDKIT = [137, 987, 12882, 18293, 30784, 30785, 35728]
 
@@ -220,7 +221,7 @@ def test_pe_cache_is_reused(bbbp):
 @pytest.mark.parametrize("name, table", [("ogbg-molbbbp", "BBBP.csv"), ("ogbg-molesol", "delaney.csv"), ("ogbg-molfreesolv", "freesolv.csv")])
 def test_offline_builds_equal_ogbs_own_files(moleculenet, name, table):
     """Molecules, labels, atom and bond features and split membership, against OGB's downloads in ../shared/data/ogb-raw."""
-    official = _read_ogb_raw(name, moleculenet.parent / "ogb-raw" / name.replace("-", "_"))
+    official = read_ogb_raw(name, moleculenet.parent / "ogb-raw" / name.replace("-", "_"))
     offline = load_dataset(DatasetSpec(name, source=str(moleculenet / table)))
     assert offline.num_graphs == official.num_graphs
     assert torch.equal(offline.node_ptr, official.node_ptr) and torch.equal(offline.atoms, official.atoms)
@@ -291,3 +292,15 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, monkeypatch, cap
     assert torch.equal(again.bonds, first.bonds) and torch.equal(again.load_pe(4), pe)
     assert f"cache file {path} is damaged" in capsys.readouterr().err
     assert load_dataset(spec).load_pe(4) is not None and "damaged" not in capsys.readouterr().err  # repaired for good
+
+
+def test_every_sources_dataset_flag_sets_its_spec_field():
+    from ggt_search import cli
+    from ggt_search.config import build
+
+    args = cli.build_parser().parse_args([
+        "train", "--dataset", "own.csv", "--source", "tables", "--smiles-column", "mol", "--targets", "a, b",
+        "--task-type", "regression", "--split", "random", "--split-seed", "3", "--invalid-smiles", "skip"])
+    assert build(DatasetSpec, cli.dataset_overrides(args), "dataset") == DatasetSpec(
+        "own.csv", source="tables", smiles_column="mol", target_columns=("a", "b"), task_type="regression",
+        split="random", split_seed=3, invalid_smiles="skip")
