@@ -105,12 +105,15 @@ class NeighbourAggregation(nn.Module):
     r"""How a node combines its incoming messages, when not by the convolution's own rule.
 
     - ``pna``: mean, min, max and std, each scaled by identity, amplification and
-      attenuation of the degree (PNA), mixed back to d by a linear layer;
+      attenuation of the degree (PNA), mixed back to d by a linear layer: with the `gcn`
+      convolution, exactly PyG's PNAConv with one tower whose pre-layer sees x_j only
+      (tests/test_ideas.py), the degree histogram being PNAConv's recipe on the training split;
     - ``softmax``: :math:`\sum_j \mathrm{softmax}_j(t \, m_{ij}) \, m_{ij}`, per channel, with a
       learnable inverse temperature t (init 1) per channel (DeeperGCN's SoftMax aggregator);
     - ``powermean``: :math:`(\mathrm{mean}_j \, m_{ij}^p)^{1/p}` with a learnable p (init 1) per channel,
       messages (and the mean of their powers) clamped into [1e-4, 100] so that powers are
-      defined: PyG's PowerMeanAggregation, DeeperGCN's PowerMean.
+      defined: PyG's PowerMeanAggregation, DeeperGCN's PowerMean. A negative message counts
+      as 1e-4, as DeeperGCN's messages ReLU(.) + eps are never negative.
 
     With the gated convolution the messages are the gated ones, :math:`m_{ij} = s_{ij} \odot B h_j`:
     the gate still scales every channel of every message, and the aggregator's own weighting
@@ -235,12 +238,22 @@ class LowRankGlobalAttention(nn.Module):
         \mathrm{LRGA}(X) = \big[\, U (V^\top Z) / \eta \;\|\; T \,\big] W_{out} \quad (2k \to d)
 
     V^T Z (k x k) and the sums are per-graph scatters, so the n x n matrix is never formed.
+    As the authors' `LowRankAttention` (github.com/omri1348/LRGA): one Linear(d -> 4k) + ReLU
+    for U, V, Z, T, xavier-normal weights and zero biases, epsilon 1e-6, dropout on [U V^T Z / eta || T].
+    One deviation: the paper mixes [X, LRGA(X), GNN(X)] by one linear layer, in parallel with
+    the convolution; here LRGA is a residual sub-layer of its own after message passing
+    (x + LRGA(Norm(x)) W_out), as the `transformer` option is, so that the two global
+    attentions are interchangeable behind one field.
     """
 
-    def __init__(self, dim: int, rank: int, eps: float = 1e-6):
+    def __init__(self, dim: int, rank: int, dropout: float = 0.0, eps: float = 1e-6):
         super().__init__()
         self.project = nn.Linear(dim, 4 * rank)  # W_U, W_V, W_Z, W_T side by side
         self.out = nn.Linear(2 * rank, dim)
+        for linear in (self.project, self.out):  # the authors' weight_init
+            nn.init.xavier_normal_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        self.dropout = Dropout(dropout)
         self.eps = eps
 
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -250,7 +263,7 @@ class LowRankGlobalAttention(nn.Module):
         n = graph_sizes(rows).clamp(min=1)
         eta = (scatter(U, rows.index, 0, rows.count, reduce="sum") * scatter(V, rows.index, 0, rows.count, reduce="sum")).sum(-1) / n + self.eps
         attended = torch.einsum("nk,nkl->nl", U, VZ.index_select(0, rows.index)) / eta.index_select(0, rows.index).unsqueeze(1)
-        return self.out(torch.cat([attended, T], dim=-1))
+        return self.out(self.dropout(torch.cat([attended, T], dim=-1)))
 
 
 class GraphSelfAttention(nn.Module):
@@ -321,7 +334,7 @@ class SubstructureEncoder(nn.Module):
 
 
 GLOBAL_ATTENTION = {
-    "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank),
+    "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank, c.dropout),
     "transformer": lambda c: GraphSelfAttention(c.hidden, c.attention_heads, c.dropout),
 }
 
