@@ -105,12 +105,15 @@ class NeighbourAggregation(nn.Module):
     r"""How a node combines its incoming messages, when not by the convolution's own rule.
 
     - ``pna``: mean, min, max and std, each scaled by identity, amplification and
-      attenuation of the degree (PNA), mixed back to d by a linear layer;
+      attenuation of the degree (PNA), mixed back to d by a linear layer: with the `gcn`
+      convolution, exactly PyG's PNAConv with one tower whose pre-layer sees x_j only
+      (tests/test_ideas.py), the degree histogram being PNAConv's recipe on the training split;
     - ``softmax``: :math:`\sum_j \mathrm{softmax}_j(t \, m_{ij}) \, m_{ij}`, per channel, with a
       learnable inverse temperature t (init 1) per channel (DeeperGCN's SoftMax aggregator);
     - ``powermean``: :math:`(\mathrm{mean}_j \, m_{ij}^p)^{1/p}` with a learnable p (init 1) per channel,
       messages (and the mean of their powers) clamped into [1e-4, 100] so that powers are
-      defined: PyG's PowerMeanAggregation, DeeperGCN's PowerMean.
+      defined: PyG's PowerMeanAggregation, DeeperGCN's PowerMean. A negative message counts
+      as 1e-4, as DeeperGCN's messages ReLU(.) + eps are never negative.
 
     With the gated convolution the messages are the gated ones, :math:`m_{ij} = s_{ij} \odot B h_j`:
     the gate still scales every channel of every message, and the aggregator's own weighting
@@ -235,12 +238,22 @@ class LowRankGlobalAttention(nn.Module):
         \mathrm{LRGA}(X) = \big[\, U (V^\top Z) / \eta \;\|\; T \,\big] W_{out} \quad (2k \to d)
 
     V^T Z (k x k) and the sums are per-graph scatters, so the n x n matrix is never formed.
+    As the authors' `LowRankAttention` (github.com/omri1348/LRGA): one Linear(d -> 4k) + ReLU
+    for U, V, Z, T, xavier-normal weights and zero biases, epsilon 1e-6, dropout on [U V^T Z / eta || T].
+    One deviation: the paper mixes [X, LRGA(X), GNN(X)] by one linear layer, in parallel with
+    the convolution; here LRGA is a residual sub-layer of its own after message passing
+    (x + LRGA(Norm(x)) W_out), as the `transformer` option is, so that the two global
+    attentions are interchangeable behind one field.
     """
 
-    def __init__(self, dim: int, rank: int, eps: float = 1e-6):
+    def __init__(self, dim: int, rank: int, dropout: float = 0.0, eps: float = 1e-6):
         super().__init__()
         self.project = nn.Linear(dim, 4 * rank)  # W_U, W_V, W_Z, W_T side by side
         self.out = nn.Linear(2 * rank, dim)
+        for linear in (self.project, self.out):  # the authors' weight_init
+            nn.init.xavier_normal_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        self.dropout = Dropout(dropout)
         self.eps = eps
 
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -250,7 +263,7 @@ class LowRankGlobalAttention(nn.Module):
         n = graph_sizes(rows).clamp(min=1)
         eta = (scatter(U, rows.index, 0, rows.count, reduce="sum") * scatter(V, rows.index, 0, rows.count, reduce="sum")).sum(-1) / n + self.eps
         attended = torch.einsum("nk,nkl->nl", U, VZ.index_select(0, rows.index)) / eta.index_select(0, rows.index).unsqueeze(1)
-        return self.out(torch.cat([attended, T], dim=-1))
+        return self.out(self.dropout(torch.cat([attended, T], dim=-1)))
 
 
 class GraphSelfAttention(nn.Module):
@@ -288,23 +301,40 @@ class GraphSelfAttention(nn.Module):
 class SubstructureEncoder(nn.Module):
     r"""GSN-style structural features (Bouritsas et al., 2020): for each atom (or bond), on how
     many simple cycles of each length 3..8 it lies, each (length, count) pair embedded and
-    summed, as OGB's AtomEncoder sums one embedding per feature. Counts above 9 share one
-    embedding. Added to the atom and bond encoders' output when `substructures` is on.
+    summed, as OGB's AtomEncoder sums one embedding per feature. Added to the atom and bond
+    encoders' output when `substructures` is on.
+
+    Scale: each length's table (MAX_COUNT + 1 rows) starts xavier-uniform, as each of OGB's
+    atom and bond feature tables does, so the six summed embeddings start at the atom
+    encoder's scale (per-row norm about 3 against its 4 at d = 64). nn.Embedding's own N(0, 1)
+    made them 6x larger per entry and swamped the atom identity (issue 21).
+
+    Counts unseen in training: each length's count is clamped to the largest count of that
+    length in the training split (`max_counts`, computed once by `training_cycle_maxima`,
+    like PNA's degree histogram), so a test atom on more 6-cycles than any training atom
+    shares the embedding of the most-cycled training atoms, a row training has updated,
+    not a row left at its random initialisation. A numeric encoding (a linear map of the
+    count) was the alternative; it extrapolates linearly to counts it was never fitted on,
+    and loses GSN's one embedding per (length, count). Above MAX_COUNT all counts share a row.
     """
 
     MAX_COUNT = 9
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, max_counts: torch.Tensor):
         super().__init__()
         self.embedding = nn.Embedding(len(CYCLE_LENGTHS) * (self.MAX_COUNT + 1), dim)
+        for table in self.embedding.weight.data.view(len(CYCLE_LENGTHS), self.MAX_COUNT + 1, dim):
+            nn.init.xavier_uniform_(table)
         self.register_buffer("offset", torch.arange(len(CYCLE_LENGTHS)) * (self.MAX_COUNT + 1), persistent=False)
+        # not in the state dict: a fine-tuned model clamps to its own training split, not the pre-training corpus's
+        self.register_buffer("max_counts", max_counts.clamp(max=self.MAX_COUNT), persistent=False)
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        return self.embedding(counts.clamp(max=self.MAX_COUNT) + self.offset).sum(dim=1)
+        return self.embedding(torch.minimum(counts, self.max_counts) + self.offset).sum(dim=1)
 
 
 GLOBAL_ATTENTION = {
-    "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank),
+    "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank, c.dropout),
     "transformer": lambda c: GraphSelfAttention(c.hidden, c.attention_heads, c.dropout),
 }
 
@@ -359,15 +389,18 @@ class Block(nn.Module):
 
 
 class GatedGraphTransformer(nn.Module):
-    def __init__(self, config: ModelConfig, num_tasks: int, degree_histogram: torch.Tensor | None = None):
+    def __init__(self, config: ModelConfig, num_tasks: int, degree_histogram: torch.Tensor | None = None,
+                 cycle_maxima: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         if config.aggregation == "pna" and degree_histogram is None:
             raise ValueError("PNA aggregation needs the training set's in-degree histogram")
+        if config.substructures and cycle_maxima is None:
+            raise ValueError("substructures need the training set's largest cycle counts (training_cycle_maxima)")
         d, c = config.hidden, config
         self.config = config
         self.atom_encoder, self.bond_encoder = AtomEncoder(d), BondEncoder(d)
         if c.substructures:
-            self.atom_cycle_encoder, self.bond_cycle_encoder = SubstructureEncoder(d), SubstructureEncoder(d)
+            self.atom_cycle_encoder, self.bond_cycle_encoder = (SubstructureEncoder(d, m) for m in cycle_maxima)
         if c.pe_dim and c.pe_injection == "concat-mlp":
             self.pe_encoder = FeedForward(d, 4, c.dropout, dim_in=d + c.pe_dim)
         elif c.pe_dim:
@@ -435,3 +468,14 @@ def in_degree_histogram(graphs) -> torch.Tensor:
     targets = graphs.edges[1, edges] + graphs.node_ptr[torch.repeat_interleave(train, graphs.num_edges()[train])]
     degree = torch.bincount(targets, minlength=int(graphs.node_ptr[-1]))[ranges(graphs.node_ptr, train)]
     return torch.bincount(degree)
+
+
+def training_cycle_maxima(graphs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The substructure encoders' clamps: the most cycles of each length on one atom, and on one bond,
+    in the training split."""
+    train = graphs.split["train"]
+    atoms, bonds = graphs.load_substructures()
+
+    def most(counts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # a row of zeros: a bond-free split clamps to 0
+        return torch.cat([counts[rows], counts.new_zeros(1, counts.shape[1])]).amax(0)
+    return most(atoms, ranges(graphs.node_ptr, train)), most(bonds, ranges(graphs.edge_ptr, train))

@@ -29,7 +29,7 @@ from torch import nn
 from ggt_search.batching import DeviceGraphs
 from ggt_search.config import DatasetSpec, RunConfig
 from ggt_search.datasets import held_out_smiles, load_corpus
-from ggt_search.model import GatedGraphTransformer
+from ggt_search.model import GatedGraphTransformer, training_cycle_maxima
 from ggt_search.train import resolve_device
 
 ELEMENTS = get_atom_feature_dims()[0]  # OGB's first atom feature: the element (atomic number - 1, or "misc")
@@ -83,7 +83,8 @@ def pretrain(settings: PretrainSettings) -> dict:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
-    model = GatedGraphTransformer(cfg.model, num_tasks=1).to(device)
+    cycle_maxima = training_cycle_maxima(corpus) if cfg.model.substructures else None
+    model = GatedGraphTransformer(cfg.model, num_tasks=1, cycle_maxima=cycle_maxima).to(device)
     head = MaskingHead(cfg.model.hidden).to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)

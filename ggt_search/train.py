@@ -29,7 +29,7 @@ from ggt_search.config import RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score, trivial_score
-from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
+from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
 
 EVAL_BATCH_SIZE = 1024
 COMPILE_BACKEND = "inductor"  # train.compile's backend; the CPU tests trace with "aot_eager" (no code generation)
@@ -134,7 +134,8 @@ class Trainer:
 
     def build_model(self) -> GatedGraphTransformer:
         histogram = in_degree_histogram(self.graphs) if self.config.model.aggregation == "pna" else None
-        model = GatedGraphTransformer(self.config.model, self.graphs.num_tasks, histogram)
+        cycle_maxima = training_cycle_maxima(self.graphs) if self.config.model.substructures else None
+        model = GatedGraphTransformer(self.config.model, self.graphs.num_tasks, histogram, cycle_maxima)
         if self.config.train.init:
             load_pretrained(model, self.config.train.init)
         return model.to(self.device)

@@ -5,7 +5,7 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
-from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram
+from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 
 
@@ -38,7 +38,8 @@ def model_of(graphs=None, **fields):
     torch.manual_seed(0)
     config = ModelConfig(**({"layers": 2, "hidden": 16, "pe_dim": 8, "dropout": 0.0} | fields))
     histogram = in_degree_histogram(graphs) if config.aggregation == "pna" else None
-    return GatedGraphTransformer(config, num_tasks=1, degree_histogram=histogram)
+    cycle_maxima = training_cycle_maxima(graphs) if config.substructures else None
+    return GatedGraphTransformer(config, num_tasks=1, degree_histogram=histogram, cycle_maxima=cycle_maxima)
 
 
 def rewired(batch):
@@ -137,10 +138,10 @@ NEW_OPTIONS = [{"message_norm": True}, {"graph_size_norm": True}, {"aggregation"
 
 
 @pytest.mark.parametrize("option", NEW_OPTIONS)
-def test_an_option_changes_the_output_of_a_model_with_the_same_shared_weights(batch, option):
+def test_an_option_changes_the_output_of_a_model_with_the_same_shared_weights(batch, bbbp_small, option):
     """The option's code runs in forward: the same weights without it give another output."""
     base = {"conv": option.get("conv", "gated-gcn")}
-    off, on = model_of(**base).eval(), model_of(**option).eval()
+    off, on = model_of(**base).eval(), model_of(bbbp_small, **option).eval()
     missing, _ = on.load_state_dict(off.state_dict(), strict=False)
     assert not [k for k in off.state_dict() if k in missing]  # every shared weight is now identical
     assert not torch.allclose(on(batch), off(batch), atol=1e-6), option
@@ -240,9 +241,9 @@ def test_graph_self_attention_is_multi_head_attention_within_each_graph(batch):
         torch.testing.assert_close(out[batch.node_graph == g], expected)
 
 
-def test_substructure_encoders_add_their_embeddings_once():
+def test_substructure_encoders_add_their_embeddings_once(bbbp_small):
     d, counts = 16, 2 * 6 * 10 * 16  # atom and bond encoders: 6 lengths x 10 counts x d
-    assert count_parameters(model_of(substructures=True)) - count_parameters(model_of()) == counts
+    assert count_parameters(model_of(bbbp_small, substructures=True)) - count_parameters(model_of()) == counts
 
 
 def brute_force_cycles(edges: set[tuple[int, int]], longest: int = 8) -> list[list[int]]:

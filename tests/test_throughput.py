@@ -12,7 +12,7 @@ from ggt_search.batching import DeviceGraphs, round_up
 from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
-from ggt_search.model import GatedGraphTransformer, in_degree_histogram
+from ggt_search.model import GatedGraphTransformer, in_degree_histogram, training_cycle_maxima
 from ggt_search.cuda_graphs import CUDAGraphStep, undone
 from ggt_search import train
 from ggt_search.train import Trainer, TrainStep
@@ -60,10 +60,11 @@ def test_padded_batches_give_the_same_outputs_gradients_and_statistics(bbbp_smal
     data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8, substructures=True)
     config = ModelConfig(**({"layers": 2, "hidden": 16, "pe_dim": 8, "dropout": 0.0, "pe_sign_flip": "off"} | fields))
     histogram = in_degree_histogram(bbbp_small) if config.aggregation == "pna" else None
+    cycle_maxima = training_cycle_maxima(bbbp_small) if config.substructures else None
     twins = []
     for padded in (False, True):
         torch.manual_seed(0)
-        model = GatedGraphTransformer(config, 1, histogram).train()
+        model = GatedGraphTransformer(config, 1, histogram, cycle_maxima).train()
         plain, padded_batch = padded_twin(data, data.split["train"][:29], slots=32)
         batch = padded_batch if padded else plain
         out = model(batch)[: batch.real_graphs]
