@@ -67,10 +67,13 @@ def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -
     group.add_argument("--source", default=argparse.SUPPRESS, help="build an OGB name offline from this MoleculeNet table (file, or the folder holding it)")
     group.add_argument("--smiles-column", default=argparse.SUPPRESS, help="own CSV: the SMILES column (default: 'smiles')")
     group.add_argument("--targets", default=argparse.SUPPRESS, help="own CSV: comma-separated target columns (default: all others)")
-    group.add_argument("--task-type", choices=options["task_type"], default=argparse.SUPPRESS, help="own CSV: override the inferred task type")
-    group.add_argument("--split", choices=options["split"], default=argparse.SUPPRESS, help="own CSV: split (default scaffold, 80/10/10)")
+    group.add_argument("--task-type", choices=options["task_type"], default=argparse.SUPPRESS,
+                       help="own CSV: override the inferred task type")
+    group.add_argument("--split", choices=options["split"], default=argparse.SUPPRESS,
+                       help="own CSV: split (default scaffold, 80/10/10)")
     group.add_argument("--split-seed", type=int, default=argparse.SUPPRESS, help="own CSV: seed of the random split")
-    group.add_argument("--invalid-smiles", choices=options["invalid_smiles"], default=argparse.SUPPRESS, help="unparsable SMILES: stop with their line numbers (default) or drop them")
+    group.add_argument("--invalid-smiles", choices=options["invalid_smiles"], default=argparse.SUPPRESS,
+                       help="unparsable SMILES: stop with their line numbers (default) or drop them")
 
 
 def dataset_overrides(args: argparse.Namespace) -> dict:
@@ -100,7 +103,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                 group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"default {default}")
             else:
                 kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=options.get(f.name), default=argparse.SUPPRESS, help=f"default {default}")
+                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=options.get(f.name),
+                                   default=argparse.SUPPRESS, help=f"default {default}")
 
 
 def run_config(args: argparse.Namespace):

@@ -17,7 +17,8 @@ WIDEST_DIFFERENCE = {"rocauc": 1.0, "ap": 1.0}  # two scores in [0, 1]; RMSE and
 
 
 def is_better(metric: str, value: float, than: float) -> bool:
-    """Whether `value` is a strictly better score than `than` under `metric` (higher for ROC-AUC and AP, lower for errors)."""
+    """Whether `value` is a strictly better score than `than` under `metric`: higher for ROC-AUC
+    and AP, lower for RMSE and MAE."""
     return value > than if HIGHER_IS_BETTER[metric] else value < than
 
 

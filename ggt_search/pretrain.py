@@ -94,7 +94,8 @@ def masking_loss(forward, batch, head: MaskingHead, rate: float, mask_bonds: boo
     loss = _mean_cross_entropy(head.element(take(h, hidden)), take(batch.atoms[:, 0], hidden), hidden, padded)
     if mask_bonds:  # a bond's type from both its atoms, symmetric in the two; a lone masked ion has no bond
         ends = h[take(source, hidden_bonds)] + h[take(target, hidden_bonds)]
-        loss = loss + _mean_cross_entropy(head.bond_type(ends), take(batch.bonds[:, 0], hidden_bonds), hidden_bonds, padded)
+        bond_types = take(batch.bonds[:, 0], hidden_bonds)
+        loss = loss + _mean_cross_entropy(head.bond_type(ends), bond_types, hidden_bonds, padded)
     return loss
 
 
@@ -118,11 +119,12 @@ def pretrain(settings: PretrainSettings) -> dict:
     model = GatedGraphTransformer(cfg.model, num_tasks=1).to(device)
     head = MaskingHead(cfg.model.hidden).to(device)
     loss = functools.partial(masking_loss, head=head, rate=settings.mask_rate, mask_bonds=settings.mask_bonds)
-    step = make_step(PretrainingModel(model, head), loss, cfg.train, device)  # bf16, compile, CUDA graphs as in training
+    step = make_step(PretrainingModel(model, head), loss, cfg.train, device)  # bf16, compile, CUDA graphs, as fit's
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     curve, start = [], time.perf_counter()
     for epoch in range(1, cfg.train.epochs + 1):
-        batches = data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle, padded=cfg.train.padded)
+        batches = data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle,
+                               padded=cfg.train.padded)
         curve.append(train_steps(step, batches))
         if not math.isfinite(curve[-1]):
             raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")

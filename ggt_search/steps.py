@@ -80,7 +80,8 @@ class TrainStep:
                  lr: float | torch.Tensor | None = None, compiled: bool = False, **adam):
         self.module, self.loss, self.train, self.device = module, loss, train, device
         # fullgraph: a graph break would mean a host sync or a Python fallback inside the step.
-        self.forward = torch.compile(module, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled else module
+        self.forward = (torch.compile(module, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled
+                        else module)
         self.optimizer = torch.optim.Adam(module.parameters(), lr=train.lr if lr is None else lr,
                                           weight_decay=train.weight_decay, **adam)
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")

@@ -127,7 +127,8 @@ class Objective:
 
     def train(self, trial: optuna.Trial, config: RunConfig) -> float:
         result = train_trial(trial, config, self.graphs, final=False, prune=True)
-        if self._is_new_best(trial, result.best_valid, self.graphs.metric):  # the study's best weights, for whoever evaluates them next
+        # the study's best weights, for whoever evaluates them next
+        if self._is_new_best(trial, result.best_valid, self.graphs.metric):
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(result.best_state, Path(folder) / "best.pt")
                 upload_artifact(artifact_store=self.store, file_path=str(Path(folder) / "best.pt"), study_or_trial=trial)

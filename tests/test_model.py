@@ -112,8 +112,8 @@ def test_bad_model_config_is_one_clear_error(model, message):
         RunConfig.from_dict({"model": model})
 
 
-@pytest.mark.parametrize("field, registry", [("conv", "CONVOLUTIONS"), ("norm", "NORMS"), ("aggregation", "AGGREGATIONS"),
-                                             ("global_attention", "GLOBAL_ATTENTION")])
+@pytest.mark.parametrize("field, registry", [("conv", "CONVOLUTIONS"), ("norm", "NORMS"),
+                                             ("aggregation", "AGGREGATIONS"), ("global_attention", "GLOBAL_ATTENTION")])
 def test_the_models_registries_hold_exactly_the_configs_options(field, registry):
     """One list of options, the config field's type: every option has its module, and no module an unknown name."""
     assert list(getattr(model_module, registry)) == list(choices(ModelConfig)[field])

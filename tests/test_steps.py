@@ -12,7 +12,8 @@ from ggt_search.metrics import HIGHER_IS_BETTER, is_better, study_direction
 
 def test_the_steps_import_neither_the_trainer_nor_pre_training():
     code = ("import sys, ggt_search.steps; "
-            "loaded = [m for m in ('ggt_search.train', 'ggt_search.pretrain', 'ggt_search.datasets') if m in sys.modules]; "
+            "loaded = [m for m in ('ggt_search.train', 'ggt_search.pretrain', 'ggt_search.datasets') "
+            "if m in sys.modules]; "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True)
 
