@@ -23,7 +23,7 @@ from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_di
 from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
-from ggt_search.metrics import HIGHER_IS_BETTER
+from ggt_search.metrics import study_direction
 from ggt_search.record import TrialRecord
 from ggt_search.runner import SurplusTrial, open_storage, run_trials, run_workers, running_note, train_trial
 
@@ -124,7 +124,7 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         graphs.load_pe(0)
     storage = open_storage(settings.storage, settings.heartbeat)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                direction="maximize" if HIGHER_IS_BETTER[graphs.metric] else "minimize",
+                                direction=study_direction(graphs.metric),
                                 sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
     check_same_settings(study, ablation, dataset)
     study.set_metric_names([f"valid {graphs.metric}"])

@@ -15,12 +15,15 @@ leave out, so a padded batch computes exactly what the unpadded one does.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch_geometric.utils import scatter
 
-from ggt_search.datasets import GraphSet
 from ggt_search.indexing import counts_to_ptr, padded_ranges, ptr_to_counts, ranges
+
+if TYPE_CHECKING:  # the type only: the model's batches need neither RDKit nor pandas
+    from ggt_search.datasets import GraphSet
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`ggt-search bench`: training throughput of the device-resident path against PyG's DataLoader.
 
-Both paths train the same model through `Trainer.train_steps`. The conventional path is
+Both paths train the same model through `steps.train_steps`. The conventional path is
 PyG's `DataLoader` collating `Data` objects, `Batch.to(device)` per step, and an eager
 step. The fast path cuts batches by index arithmetic from tensors already on the device
 and, with `--cuda-graphs`, pads them to fixed shapes and replays each step as one CUDA
@@ -27,7 +27,8 @@ from ggt_search.batching import Batch
 from ggt_search.config import RunConfig
 from ggt_search.datasets import load_dataset
 from ggt_search.model import count_parameters
-from ggt_search.train import Trainer, TrainStep, environment
+from ggt_search.steps import TrainStep, train_steps
+from ggt_search.train import Trainer, environment
 
 
 def _sync(device: torch.device) -> None:
@@ -64,13 +65,13 @@ def time_epochs(trainer: Trainer, paths: dict[str, tuple], repeats: int) -> dict
     warm-up epoch (allocator, kernels, graph captures). Paths take turns, so a drifting
     clock or a busy neighbour slows them alike."""
     for make_batches, step in paths.values():
-        trainer.train_steps(step, make_batches())
+        train_steps(step, make_batches())
     fastest = dict.fromkeys(paths, math.inf)
     for _ in range(repeats):
         for name, (make_batches, step) in paths.items():
             _sync(trainer.device)
             tic = time.perf_counter()
-            trainer.train_steps(step, make_batches())
+            train_steps(step, make_batches())
             _sync(trainer.device)
             fastest[name] = min(fastest[name], time.perf_counter() - tic)
     return fastest
@@ -85,14 +86,14 @@ def profile_steps(trainer: Trainer, graphs: torch.Tensor, steps: int = 20) -> tu
     from torch.profiler import ProfilerActivity, profile
 
     step = trainer.make_step(trainer.build_model())
-    trainer.train_steps(step, fast_batches(trainer, graphs))  # warm-up epoch
+    train_steps(step, fast_batches(trainer, graphs))  # warm-up epoch
     batches = list(itertools.islice(fast_batches(trainer, graphs), steps))
     steps = sum(b.real_graphs > 1 for b in batches)
     cuda = trainer.device.type == "cuda"
     _sync(trainer.device)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         tic = time.perf_counter()
-        trainer.train_steps(step, batches)
+        train_steps(step, batches)
         _sync(trainer.device)
         wall = time.perf_counter() - tic
     events = prof.key_averages()
@@ -122,10 +123,10 @@ def _concurrent_worker(config_dict: dict, max_graphs: int | None, barrier, resul
     trainer = Trainer(RunConfig.from_dict(config_dict))
     graphs = _train_graphs(trainer, max_graphs)
     step = trainer.make_step(trainer.build_model())
-    trainer.train_steps(step, fast_batches(trainer, graphs))  # warm up (and capture) outside the timed window
+    train_steps(step, fast_batches(trainer, graphs))  # warm up (and capture) outside the timed window
     barrier.wait()
     tic = time.perf_counter()
-    trainer.train_steps(step, fast_batches(trainer, graphs))
+    train_steps(step, fast_batches(trainer, graphs))
     _sync(trainer.device)
     results.put((tic, time.perf_counter(), len(graphs)))
 
@@ -144,7 +145,8 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
     fast_model = trainer.build_model()
     paths = {"fast": (lambda: fast_batches(trainer, train), trainer.make_step(fast_model))}
     if baseline:  # the conventional loop: PyG batches, each step run eagerly
-        paths["pyg"] = (lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size), TrainStep(trainer, trainer.build_model()))
+        eager = TrainStep(trainer.build_model(), trainer.loss, config.train, trainer.device)
+        paths["pyg"] = (lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size), eager)
     seconds = time_epochs(trainer, paths, repeats)
     report = {
         "device": environment(trainer.device)["hardware"],

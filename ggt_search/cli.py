@@ -76,11 +76,12 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """--config FILE plus one flag per model and train field; given flags override the file."""
-    from ggt_search.config import CHOICES, ModelConfig, TrainConfig
+    from ggt_search.config import ModelConfig, TrainConfig, choices
 
     parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
     add_dataset_flags(parser)
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        options = choices(cls)
         group = parser.add_argument_group(section)
         for f in fields(cls):
             if f.name in skip:
@@ -91,7 +92,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                 group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"default {default}")
             else:
                 kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=CHOICES.get(f.name), default=argparse.SUPPRESS, help=f"default {default}")
+                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=options.get(f.name),
+                                   default=argparse.SUPPRESS, help=f"default {default}")
 
 
 def run_config(args: argparse.Namespace):

@@ -18,6 +18,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -26,25 +27,50 @@ from ggt_search.errors import UserError
 EMBEDDED = "nci-tpsa"  # the dataset shipped inside RDKit's wheel: no network, no files
 DEFAULT_STORAGE = "sqlite:///ggt-search.db"
 
-CHOICES = {
-    "conv": ("gated-gcn", "gcn", "mlp"),
-    "norm": ("batch", "layer", "graph", "none"),
-    "norm_position": ("pre", "post"),
-    "pe_sign_flip": ("off", "batch", "graph"),
-    "pe_injection": ("concat-mlp", "add"),
-    "aggregation": ("gated", "pna", "softmax", "powermean"),
-    "global_attention": ("none", "lrga", "transformer"),
-    "pooling": ("mean", "sum", "max"),
-}
+CYCLE_LENGTHS = tuple(range(3, 9))  # model.substructures counts the cycles of 3..8 atoms through each atom and bond
+
+# The options of each choice field, in one place: the field's type. The CLI's choices, the
+# config checks (and so the search-space checks) and the model's registries all read these.
+Convolution = Literal["gated-gcn", "gcn", "mlp"]
+Normalisation = Literal["batch", "layer", "graph", "none"]
+NormPosition = Literal["pre", "post"]
+SignFlip = Literal["off", "batch", "graph"]
+PEInjection = Literal["concat-mlp", "add"]
+Aggregation = Literal["gated", "pna", "softmax", "powermean"]
+GlobalAttention = Literal["none", "lrga", "transformer"]
+Pooling = Literal["mean", "sum", "max"]
+Precision = Literal["fp32", "bf16", "fp16"]
+TaskType = Literal["classification", "regression"]
+Split = Literal["scaffold", "random"]
+InvalidSmiles = Literal["fail", "skip"]
+
+
+def choices(cls) -> dict[str, tuple]:
+    """The options of each choice field of a config class: {field: (option, ...)} (a null default aside)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _options(hints[f.name]) for f in fields(cls) if _options(hints[f.name])}
+
+
+def _options(hint) -> tuple:
+    """A Literal's values (also inside `Literal[...] | None`); () for any other type."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(o for option in typing.get_args(hint) for o in _options(option))
+    return ()
 
 
 def check_fields(config, section: str) -> None:
-    """Each field's value has its annotated type (bool is not an int, floats are finite)."""
+    """Each field's value has its annotated type (bool is not an int, floats are finite) or, for
+    a choice field, is one of its options."""
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
-        value = getattr(config, f.name)
-        if not _has_type(value, hints[f.name]):
-            raise UserError(f"{section}.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+        value, hint = getattr(config, f.name), hints[f.name]
+        if _options(hint) and not _has_type(value, hint):
+            nullable = " or null" if type(None) in typing.get_args(hint) else ""
+            raise UserError(f"{section}.{f.name} = {value!r} is not one of {', '.join(_options(hint))}{nullable}")
+        if not _has_type(value, hint):
+            raise UserError(f"{section}.{f.name} must be {_describe(hint)}, got {value!r}")
 
 
 def _has_type(value, hint) -> bool:
@@ -58,6 +84,8 @@ def _has_type(value, hint) -> bool:
         return isinstance(value, str)
     if hint is type(None):
         return value is None
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_has_type(value, option) for option in typing.get_args(hint))
     if typing.get_origin(hint) is tuple:
@@ -74,12 +102,6 @@ def _describe(hint) -> str:
     return " or ".join(_describe(option) for option in typing.get_args(hint))
 
 
-def check_choices(config, section: str, choices: dict[str, tuple]) -> None:
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise UserError(f"{section}.{name} = {getattr(config, name)!r} is not one of {', '.join(map(str, allowed))}")
-
-
 def check_at_least(config, section: str, bounds: dict[str, int | float]) -> None:
     for name, low in bounds.items():
         if getattr(config, name) < low:
@@ -94,17 +116,15 @@ class DatasetSpec:
     source: str | None = None  # MoleculeNet table (file or folder) for an offline OGB build
     smiles_column: str | None = None
     target_columns: tuple[str, ...] | None = None
-    task_type: str | None = None  # classification | regression; inferred when None
-    split: str = "scaffold"  # scaffold | random (own CSV only; OGB sets use OGB's)
+    task_type: TaskType | None = None  # inferred when None
+    split: Split = "scaffold"  # own CSV only; OGB sets use OGB's
     split_seed: int = 0
-    invalid_smiles: str = "fail"  # fail | skip
+    invalid_smiles: InvalidSmiles = "fail"
 
     def __post_init__(self):
         check_fields(self, "dataset")
         if self.target_columns is not None:  # YAML gives a list; a tuple keeps the spec hashable
             object.__setattr__(self, "target_columns", tuple(self.target_columns))
-        check_choices(self, "dataset", {"split": ("scaffold", "random"), "invalid_smiles": ("fail", "skip"),
-                                        "task_type": (None, "classification", "regression")})
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
@@ -114,31 +134,30 @@ class DatasetSpec:
 class ModelConfig:
     """The architecture; `model.py`'s docstring maps each documented idea to its field(s)."""
 
-    conv: str = "gated-gcn"
-    norm: str = "batch"
-    norm_position: str = "pre"
+    conv: Convolution = "gated-gcn"
+    norm: Normalisation = "batch"
+    norm_position: NormPosition = "pre"
     residual: bool = True
     ffn: bool = True
     ffn_ratio: int = 4
     pe_dim: int = 10
-    pe_sign_flip: str = "batch"
-    pe_injection: str = "concat-mlp"
-    aggregation: str = "gated"
+    pe_sign_flip: SignFlip = "batch"
+    pe_injection: PEInjection = "concat-mlp"
+    aggregation: Aggregation = "gated"
     message_norm: bool = False
     graph_size_norm: bool = False
-    global_attention: str = "none"
+    global_attention: GlobalAttention = "none"
     attention_rank: int = 16  # lrga: the rank k of the low-rank attention
     attention_heads: int = 4  # transformer: heads of the self-attention (hidden must divide by it)
     substructures: bool = False  # GSN-style counts of the cycles (3..8 atoms) each atom and bond lies on
     virtual_node: bool = False
-    pooling: str = "mean"
+    pooling: Pooling = "mean"
     layers: int = 5
     hidden: int = 128
     dropout: float = 0.5
 
     def __post_init__(self):
         check_fields(self, "model")
-        check_choices(self, "model", CHOICES)
         check_at_least(self, "model", {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0, "attention_rank": 1, "attention_heads": 1})
         if not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
@@ -160,7 +179,7 @@ class TrainConfig:
     lr_patience: int = 5
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
+    precision: Precision = "fp32"  # autocast, CUDA only
     eval_train: bool = False  # re-score the training set every epoch (costs a training epoch)
     cuda_graphs: bool = False  # replay each training step as a CUDA graph on padded fixed-shape batches
     compile: bool = False  # torch.compile the training forward (one graph, fused kernels) on padded fixed-shape batches
@@ -168,7 +187,6 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train")
-        check_choices(self, "train", {"precision": ("fp32", "bf16", "fp16")})
         # A batch of one graph is skipped (BatchNorm cannot normalise one sample): batch_size 1 would train nothing.
         check_at_least(self, "train", {"epochs": 1, "batch_size": 2, "weight_decay": 0, "lr_patience": 0, "seed": 0})
         if not self.lr > 0:

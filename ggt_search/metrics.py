@@ -16,6 +16,17 @@ HIGHER_IS_BETTER = {"rocauc": True, "ap": True, "rmse": False, "mae": False}
 WIDEST_DIFFERENCE = {"rocauc": 1.0, "ap": 1.0}  # two scores in [0, 1]; RMSE and MAE have no bound
 
 
+def is_better(metric: str, value: float, than: float) -> bool:
+    """Whether `value` is a strictly better score than `than` under `metric`: higher for ROC-AUC
+    and AP, lower for RMSE and MAE."""
+    return value > than if HIGHER_IS_BETTER[metric] else value < than
+
+
+def study_direction(metric: str) -> str:
+    """The Optuna study direction whose best trial has the best `metric`."""
+    return "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
+
+
 def masked_loss(logits: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.Tensor:
     """BCE-with-logits (classification) or MSE (regression), averaged over labelled entries only.
 

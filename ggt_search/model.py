@@ -38,9 +38,9 @@ from torch_geometric.nn.aggr import DegreeScalerAggregation, PowerMeanAggregatio
 from torch_geometric.utils import scatter
 
 from ggt_search.batching import Batch, Segments
-from ggt_search.config import ModelConfig
+from ggt_search.config import CYCLE_LENGTHS, ModelConfig
 from ggt_search.indexing import counts_to_ptr, ranges
-from ggt_search.molecules import CYCLE_LENGTHS
+
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics skip the rows a padded batch marks as padding.
@@ -64,13 +64,16 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         return ((x_ - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias).to(x.dtype)
 
 
+NORMS = {"batch": MaskedBatchNorm1d, "layer": nn.LayerNorm, "graph": GraphNorm, "none": lambda _: nn.Identity()}
+
+
 class Norm(nn.Module):
     """BatchNorm, LayerNorm, GraphNorm (per graph, needs the graph index) or nothing."""
 
     def __init__(self, kind: str, dim: int):
         super().__init__()
         self.kind = kind
-        self.norm = {"batch": MaskedBatchNorm1d, "layer": nn.LayerNorm, "graph": GraphNorm, "none": lambda _: nn.Identity()}[kind](dim)
+        self.norm = NORMS[kind](dim)
 
     def forward(self, x: torch.Tensor, rows: Segments) -> torch.Tensor:
         if self.kind == "graph":  # per-graph statistics: the padding slot is a graph of its own
@@ -101,6 +104,15 @@ class FeedForward(nn.Sequential):
         )
 
 
+AGGREGATIONS = {  # "gated": the convolution's own rule (the gated or the plain mean), no NeighbourAggregation
+    "gated": None,
+    "pna": lambda dim, histogram: DegreeScalerAggregation(["mean", "min", "max", "std"],
+                                                          ["identity", "amplification", "attenuation"], histogram),
+    "softmax": lambda dim, _: SoftmaxAggregation(t=1.0, learn=True, channels=dim),
+    "powermean": lambda dim, _: PowerMeanAggregation(p=1.0, learn=True, channels=dim),
+}
+
+
 class NeighbourAggregation(nn.Module):
     r"""How a node combines its incoming messages, when not by the convolution's own rule.
 
@@ -122,13 +134,8 @@ class NeighbourAggregation(nn.Module):
 
     def __init__(self, kind: str, dim: int, degree_histogram: torch.Tensor | None):
         super().__init__()
-        if kind == "pna":
-            self.aggregate = DegreeScalerAggregation(["mean", "min", "max", "std"], ["identity", "amplification", "attenuation"], degree_histogram)
-            self.mix = nn.Linear(12 * dim, dim)
-        else:
-            self.aggregate = {"softmax": lambda: SoftmaxAggregation(t=1.0, learn=True, channels=dim),
-                              "powermean": lambda: PowerMeanAggregation(p=1.0, learn=True, channels=dim)}[kind]()
-            self.mix = nn.Identity()
+        self.aggregate = AGGREGATIONS[kind](dim, degree_histogram)
+        self.mix = nn.Linear(12 * dim, dim) if kind == "pna" else nn.Identity()  # PNA: 4 aggregators x 3 scalers
 
     def forward(self, messages: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
         return self.mix(self.aggregate(messages, index, dim_size=dim_size))
@@ -146,7 +153,8 @@ class GraphConv(MessagePassing):
 
     def add_aggregation(self, dim: int, config: ModelConfig, degree_histogram: torch.Tensor | None) -> None:
         """Called by each convolution after its own linears (so that their initialisation stays the reference's)."""
-        self.neighbours = NeighbourAggregation(config.aggregation, dim, degree_histogram) if config.aggregation != "gated" else None
+        own_rule = AGGREGATIONS[config.aggregation] is None
+        self.neighbours = None if own_rule else NeighbourAggregation(config.aggregation, dim, degree_histogram)
         self.message_norm = MessageNorm(learn_scale=True) if config.message_norm else None
 
     def normalised(self, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -217,7 +225,7 @@ class MeanConv(GraphConv):
         return scatter(messages, index, 0, dim_size, reduce="mean")
 
 
-CONVOLUTIONS = {"gated-gcn": GatedGCNConv, "gcn": MeanConv}  # conv "mlp": no message passing at all
+CONVOLUTIONS = {"gated-gcn": GatedGCNConv, "gcn": MeanConv, "mlp": None}  # "mlp": no message passing at all
 
 
 def graph_sizes(rows: Segments) -> torch.Tensor:
@@ -334,6 +342,7 @@ class SubstructureEncoder(nn.Module):
 
 
 GLOBAL_ATTENTION = {
+    "none": None,
     "lrga": lambda c: LowRankGlobalAttention(c.hidden, c.attention_rank, c.dropout),
     "transformer": lambda c: GraphSelfAttention(c.hidden, c.attention_heads, c.dropout),
 }
@@ -351,10 +360,10 @@ class Block(nn.Module):
         super().__init__()
         d, c = config.hidden, config
         self.pre_norm, self.residual, self.graph_size_norm = c.norm_position == "pre", c.residual, c.graph_size_norm
-        self.conv = CONVOLUTIONS[c.conv](d, c, degree_histogram) if c.conv in CONVOLUTIONS else None
+        self.conv = CONVOLUTIONS[c.conv](d, c, degree_histogram) if CONVOLUTIONS[c.conv] else None
         self.norm_mp_h = Norm(c.norm, d) if self.conv is not None else None
         self.norm_mp_e = Norm(c.norm, d) if self.conv is not None and self.conv.updates_edges else None
-        self.attention = GLOBAL_ATTENTION[c.global_attention](c) if c.global_attention in GLOBAL_ATTENTION else None
+        self.attention = GLOBAL_ATTENTION[c.global_attention](c) if GLOBAL_ATTENTION[c.global_attention] else None
         self.norm_attention = Norm(c.norm, d) if self.attention is not None else None
         self.ffn_h = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None
         self.ffn_e = FeedForward(d, c.ffn_ratio, c.dropout) if c.ffn else None

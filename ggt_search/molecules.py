@@ -18,6 +18,8 @@ from ogb.utils.features import atom_to_feature_vector, bond_to_feature_vector
 from rdkit import Chem, RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
+from ggt_search.config import CYCLE_LENGTHS
+
 RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with row numbers
 
 # Everything RDKit's full sanitization does except the valence check. A few molecules of
@@ -113,9 +115,6 @@ def random_split(n: int, seed: int, frac_train: float = 0.8, frac_valid: float =
     order = np.random.default_rng(seed).permutation(n)
     a, b = int(round(frac_train * n)), int(round((frac_train + frac_valid) * n))
     return np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:])
-
-
-CYCLE_LENGTHS = tuple(range(3, 9))  # the cycle lengths counted: 3..8 atoms
 
 
 def cycle_counts(graph: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ count is reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import DatasetSpec, RunConfig
 from ggt_search.datasets import held_out_smiles, load_corpus
 from ggt_search.model import GatedGraphTransformer, training_cycle_maxima
+from ggt_search.steps import make_step, train_steps
 from ggt_search.train import resolve_device
 
 ELEMENTS = get_atom_feature_dims()[0]  # OGB's first atom feature: the element (atomic number - 1, or "misc")
@@ -58,19 +60,50 @@ class MaskingHead(nn.Module):
         self.bond_type = nn.Linear(dim, BOND_TYPES)
 
 
-def masking_loss(model: GatedGraphTransformer, head: MaskingHead, batch, rate: float, mask_bonds: bool = False):
+class PretrainingModel(nn.Module):
+    """What pre-training trains: the model and the objective's own parts (`MaskingHead`), as one module."""
+
+    def __init__(self, model: GatedGraphTransformer, head: MaskingHead):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, batch, hidden_atoms: torch.Tensor, hidden_bonds: torch.Tensor | None) -> torch.Tensor:
+        """Final node states, the hidden atoms (and bonds) entering as the head's mask tokens."""
+        return self.model.encode(batch, hidden_atoms, self.head.atom_token, hidden_bonds, self.head.bond_token)[0]
+
+
+def masking_loss(forward, batch, head: MaskingHead, rate: float, mask_bonds: bool = False) -> torch.Tensor:
     """Cross-entropy of the masked atoms' elements (plus, with mask_bonds, of the bond types of
-    the bonds touching them), predicted from what the model saw without them."""
+    the bonds touching them), predicted by `forward` (a `PretrainingModel`) from what it saw without them.
+
+    An unpadded batch indexes the masked rows out; a padded one (compile, CUDA graphs) keeps every
+    row and weights the others out, so that no shape depends on the data. Both are the same mean.
+    """
+    padded = batch.node_mask is not None
     hidden = torch.rand(len(batch.atoms), device=batch.atoms.device) < rate
+    if padded:
+        hidden &= batch.node_mask  # padding atoms are never masked (nor, so, the padding bonds joining them)
     hidden[0] |= ~hidden.any()  # at least one masked atom per batch
     source, target = batch.edge_index
     hidden_bonds = hidden[source] | hidden[target] if mask_bonds else None
-    h, _ = model.encode(batch, hidden, head.atom_token, hidden_bonds, head.bond_token)
-    loss = F.cross_entropy(head.element(h[hidden]), batch.atoms[hidden, 0])
+    h = forward(batch, hidden, hidden_bonds)
+
+    def take(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return x if padded else x[rows]
+
+    loss = _mean_cross_entropy(head.element(take(h, hidden)), take(batch.atoms[:, 0], hidden), hidden, padded)
     if mask_bonds:  # a bond's type from both its atoms, symmetric in the two; a lone masked ion has no bond
-        ends = h[source[hidden_bonds]] + h[target[hidden_bonds]]
-        loss = loss + F.cross_entropy(head.bond_type(ends), batch.bonds[hidden_bonds, 0], reduction="sum") / hidden_bonds.sum().clamp(min=1)
+        ends = h[take(source, hidden_bonds)] + h[take(target, hidden_bonds)]
+        bond_types = take(batch.bonds[:, 0], hidden_bonds)
+        loss = loss + _mean_cross_entropy(head.bond_type(ends), bond_types, hidden_bonds, padded)
     return loss
+
+
+def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, padded: bool) -> torch.Tensor:
+    """Cross-entropy averaged over the masked `rows` (0 when there are none): `logits` and `targets`
+    hold those rows only, or (padded) every row, the others then weighted out."""
+    per_row = F.cross_entropy(logits, targets, reduction="none" if padded else "sum")
+    return (torch.where(rows, per_row, 0.0).sum() if padded else per_row) / rows.sum().clamp(min=1)
 
 
 def pretrain(settings: PretrainSettings) -> dict:
@@ -86,22 +119,14 @@ def pretrain(settings: PretrainSettings) -> dict:
     cycle_maxima = training_cycle_maxima(corpus) if cfg.model.substructures else None
     model = GatedGraphTransformer(cfg.model, num_tasks=1, cycle_maxima=cycle_maxima).to(device)
     head = MaskingHead(cfg.model.hidden).to(device)
-    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    loss = functools.partial(masking_loss, head=head, rate=settings.mask_rate, mask_bonds=settings.mask_bonds)
+    step = make_step(PretrainingModel(model, head), loss, cfg.train, device)  # bf16, compile, CUDA graphs, as fit's
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     curve, start = [], time.perf_counter()
     for epoch in range(1, cfg.train.epochs + 1):
-        model.train()
-        total, steps = torch.zeros((), device=device), 0
-        for batch in data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle):
-            if batch.real_graphs == 1:
-                continue  # BatchNorm cannot normalise a single molecule
-            optimizer.zero_grad(set_to_none=True)
-            loss = masking_loss(model, head, batch, settings.mask_rate, settings.mask_bonds)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            steps += 1
-        curve.append(float(total) / max(steps, 1))
+        batches = data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle,
+                               padded=cfg.train.padded)
+        curve.append(train_steps(step, batches))
         if not math.isfinite(curve[-1]):
             raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")
         print(f"epoch {epoch:3d}  masking loss {curve[-1]:.4f}", flush=True)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from ggt_search.config import DEFAULT_STORAGE, RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
-from ggt_search.metrics import HIGHER_IS_BETTER, TRIVIAL
+from ggt_search.metrics import TRIVIAL, is_better, study_direction
 from ggt_search.record import TrialRecord
 from ggt_search.runner import (FINISHED, SurplusTrial, load_existing_study, open_storage, run_trials, run_workers,
                                running_note, sqlite_path, train_trial)
@@ -90,7 +90,7 @@ def open_study(settings: SearchSettings, metric: str, space: dict, worker: int =
         study_name=settings.study,
         storage=storage,
         pruner=make_pruner(settings.pruner, settings.base.train.epochs),
-        direction="maximize" if HIGHER_IS_BETTER[metric] else "minimize",
+        direction=study_direction(metric),
         load_if_exists=True,
     )
     study.set_metric_names([f"valid {metric}"])  # the dashboard's name for the objective
@@ -127,7 +127,8 @@ class Objective:
 
     def train(self, trial: optuna.Trial, config: RunConfig) -> float:
         result = train_trial(trial, config, self.graphs, final=False, prune=True)
-        if self._is_new_best(trial, result.best_valid):  # the study's best weights, for whoever evaluates them next
+        # the study's best weights, for whoever evaluates them next
+        if self._is_new_best(trial, result.best_valid, self.graphs.metric):
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(result.best_state, Path(folder) / "best.pt")
                 upload_artifact(artifact_store=self.store, file_path=str(Path(folder) / "best.pt"), study_or_trial=trial)
@@ -135,13 +136,12 @@ class Objective:
         return result.best_valid
 
     @staticmethod
-    def _is_new_best(trial: optuna.Trial, value: float) -> bool:
+    def _is_new_best(trial: optuna.Trial, value: float, metric: str) -> bool:
         try:
             best = trial.study.best_value
         except ValueError:  # no completed trial yet
             return True
-        maximize = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        return value > best if maximize else value < best
+        return is_better(metric, value, best)
 
 
 MOST_CHOICES = 8  # an integer range with more values than this is not a design dimension of a controlled group

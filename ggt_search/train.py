@@ -15,7 +15,6 @@ import platform
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,11 +27,11 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
-from ggt_search.metrics import HIGHER_IS_BETTER, masked_loss, score, trivial_score
+from ggt_search.metrics import is_better, masked_loss, score, trivial_score
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
+from ggt_search.steps import TrainStep, autocast, check_device, make_step, train_steps
 
 EVAL_BATCH_SIZE = 1024
-COMPILE_BACKEND = "inductor"  # train.compile's backend; the CPU tests trace with "aot_eager" (no code generation)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -117,11 +116,9 @@ class Trainer:
     def __init__(self, config: RunConfig, graphs: GraphSet | None = None):
         self.config = config
         self.device = resolve_device(config.train.device)
-        if config.train.cuda_graphs and self.device.type != "cuda":
-            raise UserError(f"train.cuda_graphs needs a CUDA device, not {self.device}; drop --cuda-graphs (or set train.cuda_graphs: false)")
+        check_device(config.train, self.device)
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
         self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim, config.model.substructures)
-        self.higher_is_better = HIGHER_IS_BETTER[self.graphs.metric]
         # Regression targets are standardised with training-split statistics (the model
         # learns z-scores; predictions are mapped back), so one learning rate suits
         # TPSA (~60) and ESOL (~-3) alike. Classification targets stay 0/1.
@@ -140,22 +137,9 @@ class Trainer:
             load_pretrained(model, self.config.train.init)
         return model.to(self.device)
 
-    def autocast(self):
-        precision = self.config.train.precision
-        if precision == "fp32" or self.device.type != "cuda":
-            return nullcontext()
-        # A captured graph must not depend on autocast's cache of cast weights.
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                              cache_enabled=not self.config.train.cuda_graphs)
-
-    def make_step(self, model: GatedGraphTransformer) -> "TrainStep":
-        """The training step the config asks for: eager or replayed as CUDA graphs, its forward compiled or not."""
-        compiled = self.config.train.compile
-        if self.config.train.cuda_graphs:
-            from ggt_search.cuda_graphs import CUDAGraphStep  # it builds on TrainStep, defined below
-
-            return CUDAGraphStep(self, model, compiled)
-        return TrainStep(self, model, compiled=compiled)
+    def make_step(self, model: GatedGraphTransformer) -> TrainStep:
+        """The training step the config asks for (eager, compiled or CUDA graphs), on this dataset's task loss."""
+        return make_step(model, self.loss, self.config.train, self.device)
 
     def fit(
         self,
@@ -190,7 +174,7 @@ class Trainer:
                 record.train_metric = self.evaluate(model, "train")[1]
             history.append(record)
             log.epoch(record)
-            if best_valid is None or self.is_better(valid_metric, best_valid):
+            if best_valid is None or is_better(self.graphs.metric, valid_metric, best_valid):
                 best_valid, best_epoch = valid_metric, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 log.weights(best_state)
@@ -208,41 +192,26 @@ class Trainer:
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.target_mean) / self.target_std
 
-    def is_better(self, value: float, than: float) -> bool:
-        return value > than if self.higher_is_better else value < than
-
-    def train_epoch(self, step: "TrainStep", generator, epoch: int) -> float:
+    def train_epoch(self, step: TrainStep, generator, epoch: int) -> float:
         cfg = self.config.train
         batches = self.data.batches(self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.padded)
         num_batches = math.ceil(len(self.data.split["train"]) / cfg.batch_size)
         progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
-        mean_loss = self.train_steps(step, progress)
+        mean_loss = train_steps(step, progress)
         if not math.isfinite(mean_loss):
             raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
         return mean_loss
 
-    def train_steps(self, step: "TrainStep", batches) -> float:
-        """One optimisation step per batch; returns the mean loss (one host sync, at the end)."""
-        step.model.train()
-        total = torch.zeros((), device=self.device)
-        steps = 0
-        for batch in batches:
-            if batch.real_graphs == 1:
-                continue  # a last batch of one graph: BatchNorm cannot normalise a single sample
-            total += step(batch)
-            steps += 1
-        return float(total) / max(steps, 1)
-
-    def loss(self, model: GatedGraphTransformer, batch) -> torch.Tensor:
-        with self.autocast():
-            return masked_loss(model(batch), self.standardise(batch.y), self.graphs.task_type)
+    def loss(self, forward: Callable, batch) -> torch.Tensor:
+        """The task's loss on a batch (a step runs it under the precision's autocast): on standardised targets."""
+        return masked_loss(forward(batch), self.standardise(batch.y), self.graphs.task_type)
 
     @torch.no_grad()
     def predict(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         logits, labels = [], []
         for batch in self.data.batches(self.data.split[split], EVAL_BATCH_SIZE):
-            with self.autocast():
+            with autocast(self.config.train, self.device):
                 logits.append(model(batch).float())
             labels.append(batch.y)
         return torch.cat(logits), torch.cat(labels)
@@ -275,34 +244,6 @@ def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
     missing, unexpected = model.load_state_dict(checkpoint["state"], strict=False)
     if unexpected or any(not key.startswith("readout.") for key in missing):
         raise UserError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
-class TrainStep:
-    """One optimisation step: Adam on the masked loss of a batch.
-
-    With `compiled` (`train.compile`, via `Trainer.make_step`), the forward runs as one
-    `torch.compile`d graph (inductor's fused kernels) specialised to the padded batch shape;
-    evaluation stays eager, as its batches are not padded. The module and its weights are the
-    same object either way.
-    """
-
-    def __init__(self, trainer: Trainer, model: GatedGraphTransformer, lr: float | torch.Tensor | None = None,
-                 compiled: bool = False, **adam):
-        cfg = trainer.config.train
-        self.trainer, self.model = trainer, model
-        # fullgraph: a graph break would mean a host sync or a Python fallback inside the step.
-        self.forward = torch.compile(model, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled else model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay, **adam)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and trainer.device.type == "cuda")
-
-    def __call__(self, batch) -> torch.Tensor:
-        """Train on `batch`; returns its loss, detached."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.trainer.loss(self.forward, batch)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
 
 
 def _nanstd(y: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ggt_search.batching import DeviceGraphs
-from ggt_search.config import ModelConfig, RunConfig
+from ggt_search import model as model_module
+from ggt_search.config import ModelConfig, RunConfig, choices
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
@@ -110,6 +111,27 @@ def test_tiny_model_overfits_64_real_molecules(bbbp_small):
 def test_bad_model_config_is_one_clear_error(model, message):
     with pytest.raises(UserError, match=message):
         RunConfig.from_dict({"model": model})
+
+
+@pytest.mark.parametrize("field, registry", [("conv", "CONVOLUTIONS"), ("norm", "NORMS"),
+                                             ("aggregation", "AGGREGATIONS"), ("global_attention", "GLOBAL_ATTENTION")])
+def test_the_models_registries_hold_exactly_the_configs_options(field, registry):
+    """One list of options, the config field's type: every option has its module, and no module an unknown name."""
+    assert list(getattr(model_module, registry)) == list(choices(ModelConfig)[field])
+
+
+def test_the_model_imports_no_chemistry_or_tables_of_its_own():
+    """The model needs no RDKit or pandas: importing it, after the libraries it builds on (PyG, OGB's
+    encoders, which import them themselves), loads none of theirs and none of the data modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch_geometric, ogb.graphproppred.mol_encoder; before = set(sys.modules); "
+            "import ggt_search.model; added = set(sys.modules) - before; "
+            "own = sorted(m for m in added if m.split('.')[0] in ('rdkit', 'pandas') "
+            "or m in ('ggt_search.datasets', 'ggt_search.molecules', 'ggt_search.positional')); "
+            "assert not own, own")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_config_round_trips_through_yaml(tmp_path):

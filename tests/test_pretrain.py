@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ggt_search import cli
+from ggt_search import cli, steps
 from ggt_search.batching import DeviceGraphs
-from ggt_search.config import DatasetSpec, RunConfig
+from ggt_search.config import DatasetSpec, ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.model import GatedGraphTransformer
-from ggt_search.pretrain import MaskingHead, PretrainSettings, pretrain
+from ggt_search.pretrain import MaskingHead, PretrainingModel, PretrainSettings, masking_loss, pretrain
 from ggt_search.train import Trainer
 from tests.conftest import tiny_config
 
@@ -56,6 +56,35 @@ def test_bond_masking_lowers_its_loss_and_says_so(corpus, tmp_path):
     summary = pretrain(PretrainSettings(corpus, tmp_path / "pt", settings_for(corpus, tmp_path).config, mask_bonds=True))
     assert summary["loss_curve"][-1] < 0.7 * summary["loss_curve"][0]
     assert summary["objective"] == "attribute masking (the element of 15% of atoms, and the type of the bonds touching them)"
+
+
+@pytest.mark.parametrize("mask_bonds", [False, True])
+def test_a_padded_batch_has_the_masking_loss_of_the_unpadded_one(bbbp_small, mask_bonds):
+    """Padded batches (compile, CUDA graphs) weight the unmasked rows out instead of indexing
+    them out, so that no shape depends on the data: the same masked atoms, the same loss."""
+    data = DeviceGraphs(bbbp_small, "cpu", pe_dim=4)
+    graphs = data.split["train"][:29]
+    plain = data.batch(graphs)
+    nodes, edges = len(plain.atoms), len(plain.bonds)
+    padded = data.padded_batch(graphs, 32, nodes + nodes // 10 + 1, edges + edges // 10)
+    torch.manual_seed(0)
+    objective = PretrainingModel(GatedGraphTransformer(ModelConfig(**MODEL), 1), MaskingHead(16)).eval()
+    losses = []
+    for batch in (plain, padded):
+        torch.manual_seed(1)  # the same draws for the real atoms, which come first in both batches
+        losses.append(masking_loss(objective, batch, objective.head, rate=0.15, mask_bonds=mask_bonds))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+
+
+def test_pre_training_takes_the_training_steps_compiled_on_padded_batches(corpus, tmp_path, monkeypatch):
+    """`train.compile` (and so CUDA graphs and bf16) reach pre-training through the same steps as
+    fine-tuning: the objective runs as one traced graph, on padded batches, and learns."""
+    monkeypatch.setattr(steps, "COMPILE_BACKEND", "aot_eager")  # the same aten graph, no code generation
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    curve = pretrain(settings_for(corpus, tmp_path / "compiled", epochs=2, compile=True))["loss_curve"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert curve[-1] < 0.7 * curve[0]
 
 
 def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(corpus, bbbp_small, tmp_path):

@@ -13,9 +13,9 @@ from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
 from ggt_search.model import GatedGraphTransformer, in_degree_histogram, training_cycle_maxima
-from ggt_search.cuda_graphs import CUDAGraphStep, undone
-from ggt_search import train
-from ggt_search.train import Trainer, TrainStep
+from ggt_search import steps
+from ggt_search.steps import CUDAGraphStep, TrainStep, train_steps, undone
+from ggt_search.train import Trainer
 from tests.conftest import tiny_config
 
 aten = torch.ops.aten
@@ -83,10 +83,10 @@ def seeded_epochs(trainer: Trainer, epochs: int, dtype: torch.dtype, padded: boo
     trainer.data.pe, trainer.data.y = trainer.data.pe.to(dtype), trainer.data.y.to(dtype)
     torch.manual_seed(0)
     step = trainer.make_step(trainer.build_model().to(dtype))
-    losses = [trainer.train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
+    losses = [train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
                                                              generator=torch.Generator().manual_seed(epoch), padded=padded))
               for epoch in range(epochs)]
-    return losses, step.model.state_dict()
+    return losses, step.module.state_dict()
 
 
 def train_padded_and_plain(trainer: Trainer, epochs: int, dtype: torch.dtype):
@@ -124,7 +124,7 @@ def test_a_compiled_step_trains_exactly_like_an_eager_one_in_float64(bbbp_small,
     shapes, and changes no arithmetic: in float64, three epochs give the eager, unpadded run's
     losses and weights. The CPU traces with aot_eager (the same aten graph, no code
     generation, seconds instead of minutes); bench/gpu.sh runs inductor's kernels."""
-    monkeypatch.setattr(train, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(steps, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
     config = tiny_config(pe_sign_flip="off")
     eager_losses, eager_state = seeded_epochs(Trainer(config, bbbp_small), epochs=3, dtype=torch.float64, padded=False)
@@ -208,16 +208,16 @@ def test_warm_up_steps_before_a_capture_leave_no_trace(bbbp_small, first_step):
     states = []
     for warm_up in (False, True):
         torch.manual_seed(0)
-        step = TrainStep(trainer, trainer.build_model())
-        step.model.train()
+        step = TrainStep(trainer.build_model(), trainer.loss, trainer.config.train, trainer.device)
+        step.module.train()
         if first_step:  # a later capture (a new shape): Adam has state to restore
             step(batches[0])
         if warm_up:
-            with undone(step.model, step.optimizer):
+            with undone(step.module, step.optimizer):
                 for batch in batches[1:4]:
                     step(batch)
         losses = [float(step(batch)) for batch in batches[1:3]]
-        states.append((losses, step.model.state_dict(), step.optimizer.state_dict()["state"]))
+        states.append((losses, step.module.state_dict(), step.optimizer.state_dict()["state"]))
     (losses, model, adam), (warm_losses, warm_model, warm_adam) = states
     assert warm_losses == losses
     for name, value in model.items():
@@ -266,10 +266,10 @@ def test_fast_training_equals_eager_training(bbbp_small, fast):
         torch.manual_seed(0)
         step = trainer.make_step(trainer.build_model())
         assert isinstance(step, CUDAGraphStep) == trainer.config.train.cuda_graphs
-        losses = [trainer.train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
+        losses = [train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
                                                                  generator=torch.Generator().manual_seed(epoch), padded=True))
                   for epoch in range(3)]
-        results.append((losses, trainer.evaluate(step.model, "valid")[1]))
+        results.append((losses, trainer.evaluate(step.module, "valid")[1]))
     (eager_losses, eager_valid), (fast_losses, fast_valid) = results
     if fast["precision"] == "bf16":
         loss_tolerance, metric_tolerance = 2e-2, 5e-2
@@ -296,7 +296,7 @@ def test_a_captured_step_follows_the_schedulers_learning_rate(bbbp_small):
     """The plateau scheduler writes into the very tensor whose memory the captured Adam reads."""
     trainer = Trainer(tiny_config().with_overrides(train={"device": "cuda", "cuda_graphs": True}), bbbp_small)
     step = trainer.make_step(trainer.build_model())
-    step.model.train()
+    step.module.train()
     batch = next(trainer.data.batches(trainer.data.split["train"], 48, padded=True))
     step(batch)  # captured with lr 1e-3
     lr = step.optimizer.param_groups[0]["lr"]

@@ -182,3 +182,18 @@ def test_help_answers_without_importing_torch():
 
     code = "import sys; from ggt_search import cli; cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_choice_flag_offers_exactly_its_config_fields_options():
+    """The CLI reads the options from the config fields' types, as the config checks do."""
+    import argparse
+
+    from ggt_search.config import DatasetSpec, ModelConfig, TrainConfig, choices
+
+    parser = argparse.ArgumentParser()
+    cli.add_config_flags(parser)
+    offered = {action.dest: tuple(action.choices) for action in parser._actions if action.choices}
+    sections = (("model", ModelConfig), ("train", TrainConfig))
+    expected = choices(DatasetSpec) | {f"{section}.{name}": options for section, cls in sections
+                                       for name, options in choices(cls).items()}
+    assert offered == expected and "model.conv" in offered

@@ -7,23 +7,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ggt_search.config import DatasetSpec, choices
 from ggt_search.errors import UserError
 from ggt_search.sources.base import Flag
 from ggt_search.sources.table import TableSource
 
+OPTIONS = choices(DatasetSpec)  # the dataset fields' options, from their Literal types
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from ggt_search.config import DatasetSpec
     from ggt_search.molecules import MolGraph
 
 
 class OwnCsv(TableSource):
     flags = (
         *TableSource.flags,
-        Flag("--task-type", "task_type", "own CSV: override the inferred task type",
-             choices=("classification", "regression")),
-        Flag("--split", "split", "own CSV: split (default scaffold, 80/10/10)", choices=("scaffold", "random")),
+        Flag("--task-type", "task_type", "own CSV: override the inferred task type", choices=OPTIONS["task_type"]),
+        Flag("--split", "split", "own CSV: split (default scaffold, 80/10/10)", choices=OPTIONS["split"]),
         Flag("--split-seed", "split_seed", "own CSV: seed of the random split", type=int),
     )
 

@@ -9,8 +9,11 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ggt_search.config import DatasetSpec, choices
 from ggt_search.errors import UserError
 from ggt_search.sources.base import DatasetSource, Flag
+
+OPTIONS = choices(DatasetSpec)  # the dataset fields' options, from their Literal types
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +34,7 @@ class TableSource(DatasetSource):
              "the table's SMILES column (default: 'smiles', or the MoleculeNet table's own)"),
         Flag("--targets", "target_columns", "comma-separated target columns (default: all others)", type=column_list),
         Flag("--invalid-smiles", "invalid_smiles",
-             "unparsable SMILES: stop with their line numbers (default) or drop them", choices=("fail", "skip")),
+             "unparsable SMILES: stop with their line numbers (default) or drop them", choices=OPTIONS["invalid_smiles"]),
     )
     default_smiles_column = "smiles"  # the SMILES column when the spec names none (matched in any case)
     default_targets: tuple[str, ...] | None = None  # the label columns when the spec names none (None: all others)
