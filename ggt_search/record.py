@@ -94,8 +94,8 @@ class StudyRecord:
     def of(cls, study: optuna.Study | optuna.study.StudySummary) -> "StudyRecord":
         known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in _upgraded(study.user_attrs).items() if k in known})
-        if record.direction is None:
-            record.direction = study.direction.name.lower()
+        if record.direction is None and len(study.directions) == 1:  # another tool's study may have several
+            record.direction = study.directions[0].name.lower()
         return record
 
 
@@ -103,7 +103,7 @@ def _upgraded(attrs: dict) -> dict:
     """A study's user attributes in today's layout. Ablations written before StudyRecord (ggt-search
     3fb4b52 and earlier, e.g. reports/all/study.db) stored the dataset's summary, with the checksum
     in it, as 'dataset', and no metric or epochs; their spec and budget are the stored baseline's.
-    Searches of then stored today's 'dataset' (the spec), metric and epochs, and no summary or checksum."""
+    Searches of that time stored today's 'dataset' (the spec), metric and epochs, and no summary or checksum."""
     if attrs.get("kind") != "ablation" or "summary" in attrs:
         return attrs
     summary = dict(attrs["dataset"])
