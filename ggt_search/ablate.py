@@ -12,7 +12,6 @@ runs of one set of settings: a rerun whose configs differ from the stored runs' 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +22,10 @@ from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_di
 from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
-from ggt_search.metrics import study_direction
-from ggt_search.record import TrialRecord
-from ggt_search.runner import SurplusTrial, open_storage, run_trials, run_workers, running_note, train_trial
+from ggt_search.record import StudyRecord, TrialRecord
+from ggt_search.storage import create_or_load_study, open_storage
+from ggt_search.trials import SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
+from ggt_search.workers import run_workers
 
 BASELINE = "baseline"
 # Packaged dataset suites (`ablate --suite NAME`): small scaffold-split sets a CPU can run, and the seed's GPU sets.
@@ -122,22 +122,15 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
     graphs = load_dataset(dataset)
     if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
         graphs.load_pe(0)
-    storage = open_storage(settings.storage, settings.heartbeat)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                direction=study_direction(graphs.metric),
-                                sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    defined = {"name": ablation.name, "idea": ablation.idea, "question": ablation.question,
+               "baseline": ablation.config(BASELINE, ablation.seeds[0], dataset).to_dict(),
+               "variants": ablation.variants, "seeds": ablation.seeds, "effect": ablation.effect}
+    record = StudyRecord.new("ablation", dataset, graphs, ablation.base.train.epochs, group=settings.study, ablation=defined)
+    study, storage = create_or_load_study(name, settings.storage, settings.heartbeat, record.direction,
+                                          sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
     check_same_settings(study, ablation, dataset)
-    study.set_metric_names([f"valid {graphs.metric}"])
-    study.set_user_attr("kind", "ablation")
-    study.set_user_attr("group", settings.study)
-    study.set_user_attr("ablation", {"name": ablation.name, "idea": ablation.idea, "question": ablation.question,
-                                     "baseline": ablation.config(BASELINE, ablation.seeds[0], dataset).to_dict(),
-                                     "variants": ablation.variants, "seeds": ablation.seeds, "effect": ablation.effect})
-    study.set_user_attr("dataset", graphs.summary() | {"checksum": graphs.checksum})
-    study.set_user_attr("command", " ".join(["ggt-search", *sys.argv[1:]]))
-    # A run whose worker was killed stops sending heartbeats: fail it (and queue its retry)
-    # before counting, so a restarted ablation reruns it instead of waiting for it forever.
-    optuna.storages.fail_stale_trials(study)
+    record.write(study)
+    fail_stale_trials(study)  # a restarted ablation reruns the runs of killed workers
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     print(f"ablation {ablation.name} on {graphs.name} (study {name}): {len(ablation.variants) + 1} variants x "

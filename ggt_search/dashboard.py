@@ -7,8 +7,7 @@ import socket
 from optuna.artifacts import FileSystemArtifactStore
 
 from ggt_search.errors import UserError
-from ggt_search.runner import open_storage
-from ggt_search.study import SearchSettings
+from ggt_search.storage import artifact_dir, open_storage
 
 
 def serve(storage: str, artifacts: str | None, host: str, port: int) -> None:
@@ -16,8 +15,8 @@ def serve(storage: str, artifacts: str | None, host: str, port: int) -> None:
 
     store = open_storage(storage, must_exist=True)
     check_port_free(host, port)
-    artifact_dir = SearchSettings(study="", base=None, storage=storage, artifacts=artifacts).artifact_dir()
-    artifact_store = FileSystemArtifactStore(str(artifact_dir)) if artifact_dir.exists() else None
+    folder = artifact_dir(storage, artifacts)  # where `search` put the best weights
+    artifact_store = FileSystemArtifactStore(str(folder)) if folder.exists() else None
     print(f"optuna-dashboard: http://{host}:{port}/dashboard  (storage {storage}; Ctrl-C stops it)", flush=True)
     try:
         run_server(store, host=host, port=port, artifact_store=artifact_store)

@@ -17,7 +17,7 @@ import yaml
 from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
 from ggt_search.metrics import TRIVIAL
-from ggt_search.runner import run_workers
+from ggt_search.workers import run_workers
 from ggt_search.train import Trainer, environment, resolve_device
 
 

@@ -1,16 +1,30 @@
-"""What every trial stores about its run: one definition that search, ablate and the report share.
+"""What every trial and every study stores about its runs: one definition each, that search,
+ablate, the dashboard and the report share.
 
 Optuna keeps a trial's params (what was sampled or queued) and its value (the objective:
 the best validation metric). Everything else is a `TrialRecord`, stored as the trial's
 user attributes and written as the run goes, so a pruned, failed or killed trial keeps
 what it had; `TrialRecord.of(trial)` reads it back.
+
+Optuna keeps a study's name, direction and metric names; what the study is an experiment on
+(its kind, dataset, budget, and the search's space or the ablation's variants) is a
+`StudyRecord`, stored as the study's user attributes; `StudyRecord.of(study)` reads it back,
+also from a study written before it existed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import optuna
+
+from ggt_search.metrics import study_direction
+
+if TYPE_CHECKING:
+    from ggt_search.config import DatasetSpec
+    from ggt_search.datasets import GraphSet
 
 
 @dataclass
@@ -39,3 +53,61 @@ class TrialRecord:
     def of(cls, trial: optuna.trial.FrozenTrial) -> "TrialRecord":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
+
+
+@dataclass
+class StudyRecord:
+    kind: str | None = None  # search | ablation (None: a study ggt-search did not make)
+    dataset: dict | None = None  # the DatasetSpec (to_dict) every run trains on
+    summary: dict | None = None  # what that dataset holds (GraphSet.summary: name, graphs, tasks, split sizes, ...)
+    checksum: str | None = None  # sha256 of the dataset's source file ("ogb-download": OGB's own download)
+    metric: str | None = None  # the validation metric that is each trial's value
+    direction: str | None = None  # maximize | minimize: the direction the study was created with
+    epochs: int | None = None  # the epoch budget of a run (an ablation: the baseline's; a variant may change it)
+    command: str | None = None  # the command line that last ran the study
+    space: dict | None = None  # search: the search space
+    sampler: str | None = None  # search
+    pruner: str | None = None  # search
+    group: str | None = None  # ablation: its name over the studies of all its datasets
+    ablation: dict | None = None  # ablation: name, idea, question, baseline config, variants, seeds, effect
+
+    @classmethod
+    def new(cls, kind: str, spec: DatasetSpec, graphs: GraphSet, epochs: int, **kind_fields) -> "StudyRecord":
+        """The record of a study of `kind` on the dataset `spec` loads as `graphs`, run by this command line."""
+        return cls(kind=kind, dataset=spec.to_dict(), summary=graphs.summary(), checksum=graphs.checksum,
+                   metric=graphs.metric, direction=study_direction(graphs.metric),
+                   epochs=epochs, command=" ".join(["ggt-search", *sys.argv[1:]]), **kind_fields)
+
+    @property
+    def objective(self) -> str:
+        """The objective's name, as the dashboard shows it."""
+        return f"valid {self.metric}"
+
+    def write(self, study: optuna.Study) -> None:
+        """Store the record on the study (replacing what an earlier run of it stored)."""
+        study.set_metric_names([self.objective])
+        for name, value in asdict(self).items():
+            if value is not None:
+                study.set_user_attr(name, value)
+
+    @classmethod
+    def of(cls, study: optuna.Study | optuna.study.StudySummary) -> "StudyRecord":
+        known = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in _upgraded(study.user_attrs).items() if k in known})
+        if record.direction is None and len(study.directions) == 1:  # another tool's study may have several
+            record.direction = study.directions[0].name.lower()
+        return record
+
+
+def _upgraded(attrs: dict) -> dict:
+    """A study's user attributes in today's layout. Ablations written before StudyRecord (ggt-search
+    3fb4b52 and earlier, e.g. reports/all/study.db) stored the dataset's summary, with the checksum
+    in it, as 'dataset', and no metric or epochs; their spec and budget are the stored baseline's.
+    Searches of that time stored today's 'dataset' (the spec), metric and epochs, and no summary or checksum."""
+    if attrs.get("kind") != "ablation" or "summary" in attrs:
+        return attrs
+    summary = dict(attrs["dataset"])
+    checksum = summary.pop("checksum", None)
+    baseline = attrs["ablation"]["baseline"]
+    return attrs | {"dataset": baseline["dataset"], "summary": summary, "checksum": checksum,
+                    "metric": summary["metric"], "epochs": baseline["train"]["epochs"]}

@@ -33,8 +33,8 @@ from scipy import optimize, stats  # noqa: E402
 from ggt_search.ablate import BASELINE, run_pair  # noqa: E402
 from ggt_search.errors import UserError  # noqa: E402
 from ggt_search.metrics import WIDEST_DIFFERENCE  # noqa: E402
-from ggt_search.record import TrialRecord  # noqa: E402
-from ggt_search.runner import open_storage  # noqa: E402
+from ggt_search.record import StudyRecord, TrialRecord  # noqa: E402
+from ggt_search.storage import open_storage  # noqa: E402
 
 # Published test ROC-AUC (x 100, mean +- std over 10 seeds) of a 5-layer GIN without pre-training on OGB's
 # scaffold splits (Hu et al., ICLR 2020, table 1): a yardstick for the baselines of the CPU suite.
@@ -237,9 +237,9 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
         seen.add((variant, seed))
         rows.append({"variant": variant, "seed": seed, "valid": t.value, "test": record.test, "parameters": record.parameters,
                      "seconds_per_epoch": record.seconds_per_epoch, "best_epoch": record.best_epoch, "curve": record.curve})
-    dataset = study.user_attrs["dataset"]
-    return AblationRuns(study, dataset["name"], dataset["metric"], study.direction == optuna.study.StudyDirection.MAXIMIZE,
-                        study.user_attrs["ablation"], pd.DataFrame(rows), pd.DataFrame(problems))
+    described = StudyRecord.of(study)
+    return AblationRuns(study, described.summary["name"], described.metric, described.direction == "maximize",
+                        described.ablation, pd.DataFrame(rows), pd.DataFrame(problems))
 
 
 def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
@@ -279,7 +279,7 @@ def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
     if empty:
         raise UserError(f"study {', '.join(empty)} has no finished runs yet; run `ggt-search ablate` first")
     info = datasets[0].info
-    group = studies[0].user_attrs.get("group", studies[0].study_name)
+    group = StudyRecord.of(studies[0]).group or studies[0].study_name
     page.heading(f"Ablation: {info['idea']} ({group})")
     if info.get("question"):
         page.text(info["question"])
@@ -439,16 +439,18 @@ def search_sections(page: Page, study: optuna.Study) -> None:
     if not trials:
         raise UserError(f"study {study.study_name} has no completed trial yet")
     higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    attrs, name = study.user_attrs, study.study_name
+    record, name = StudyRecord.of(study), study.study_name
     page.heading(f"Search: {name}")
     states = pd.Series([t.state.name.lower() for t in study.trials]).value_counts().to_dict()
     page.text(f"{len(study.trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); objective: validation "
-              f"{attrs.get('metric', 'metric')}, {'maximised' if higher else 'minimised'}. Test labels are not read during search.")
+              f"{record.metric or 'metric'}, {'maximised' if higher else 'minimised'}. "
+              f"Test labels are not read during search.")
     hardware = sorted({f"{(TrialRecord.of(t).environment or {}).get('hardware', '?')} ({(TrialRecord.of(t).environment or {}).get('device', '?')})"
                        for t in trials})
-    page.text(f"Dataset {attrs.get('dataset', {}).get('name', '?')}; {attrs.get('epochs', '?')} epochs per trial at most; sampler "
-              f"{attrs.get('sampler', '?')}, pruner {attrs.get('pruner', '?')}; hardware: {', '.join(hardware)}. "
-              f"Command: {attrs.get('command', 'not recorded')}")
+    dataset = record.summary or record.dataset or {"name": "?"}  # a search written before StudyRecord has no summary
+    page.text(f"Dataset {dataset['name']}; {record.epochs or '?'} epochs per trial at most; sampler "
+              f"{record.sampler or '?'}, pruner {record.pruner or '?'}; hardware: {', '.join(hardware)}. "
+              f"Command: {record.command or 'not recorded'}")
 
     history = pd.DataFrame({"trial": [t.number for t in trials], "value": [t.value for t in trials]})
     history["best so far"] = history["value"].cummax() if higher else history["value"].cummin()
@@ -540,13 +542,14 @@ def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> No
     page.heading("Reproducibility")
     page.text(f"storage: {storage}")
     for s in studies:
-        if "command" in s.user_attrs:
-            page.text(f"{s.study_name}: {s.user_attrs['command']}")
-        if "dataset" in s.user_attrs:
-            d = s.user_attrs["dataset"]
-            page.text(f"{s.study_name}: dataset {d['name']}, sha256 {d.get('checksum', '?')}, split {d['split']}")
-        if "ablation" in s.user_attrs:
-            page.text(f"{s.study_name}: seeds {s.user_attrs['ablation']['seeds']}")
+        record = StudyRecord.of(s)
+        if record.command:
+            page.text(f"{s.study_name}: {record.command}")
+        if d := record.summary or record.dataset:  # split sizes, or the split rule (a search from before StudyRecord)
+            page.text(f"{s.study_name}: dataset {d['name']}, sha256 {record.checksum or 'not recorded'}, "
+                      f"split {d['split']}")
+        if record.ablation:
+            page.text(f"{s.study_name}: seeds {record.ablation['seeds']}")
     groups = pd.DataFrame([{"study": s.study_name, **run_provenance(TrialRecord.of(t))}
                            for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
     if not groups.empty:
@@ -566,11 +569,11 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
     """A report of each named search study or ablation (an ablation on several datasets is one name, its group)."""
     store = open_storage(storage, must_exist=True)
     summaries = optuna.get_all_study_summaries(store)
-    groups = {name: [s.study_name for s in summaries if s.user_attrs.get("group") == name or (s.study_name == name and "group" not in s.user_attrs)]
+    groups = {name: [s.study_name for s in summaries if (StudyRecord.of(s).group or s.study_name) == name]
               for name in names}
     missing = [name for name, members in groups.items() if not members]
     if missing:
-        known = sorted({s.user_attrs.get("group", s.study_name) for s in summaries})
+        known = sorted({StudyRecord.of(s).group or s.study_name for s in summaries})
         raise UserError(f"no study named {', '.join(missing)} in {storage}; studies there: {', '.join(known) or 'none'}")
     sns.set_theme(style="whitegrid", context="notebook")
     page = Page(out, f"ggt-search report: {', '.join(names)}")
@@ -578,7 +581,7 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
     for members in groups.values():
         loaded = [optuna.load_study(study_name=n, storage=store) for n in sorted(members)]
         studies += loaded
-        if loaded[0].user_attrs.get("kind") == "ablation":
+        if StudyRecord.of(loaded[0]).kind == "ablation":
             ablation_sections(page, loaded)
         else:
             search_sections(page, loaded[0])

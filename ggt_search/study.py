@@ -10,7 +10,6 @@ a trial whose worker died as failed, and it is retried with the same parameters.
 from __future__ import annotations
 
 import random
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,12 @@ from optuna.trial import TrialState
 from ggt_search.config import DEFAULT_STORAGE, RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
-from ggt_search.metrics import TRIVIAL, is_better, study_direction
-from ggt_search.record import TrialRecord
-from ggt_search.runner import (FINISHED, SurplusTrial, load_existing_study, open_storage, run_trials, run_workers,
-                               running_note, sqlite_path, train_trial)
+from ggt_search.metrics import TRIVIAL, is_better
+from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.space import check_space, grid, load_space, suggest
+from ggt_search.storage import artifact_dir, create_or_load_study, load_existing_study
+from ggt_search.trials import FINISHED, SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
+from ggt_search.workers import run_workers
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -55,11 +55,7 @@ class SearchSettings:
             self.pruner = "none" if self.sampler == "controlled" else "median"
 
     def artifact_dir(self) -> Path:
-        if self.artifacts:
-            return Path(self.artifacts)
-        if sqlite_path(self.storage) is not None:
-            return sqlite_path(self.storage).parent / "artifacts"
-        return Path("artifacts")
+        return artifact_dir(self.storage, self.artifacts)
 
 def make_sampler(name: str, seed: int, space: dict) -> optuna.samplers.BaseSampler:
     if name == "tpe":
@@ -83,21 +79,19 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner {name!r}; use median, hyperband or none")
 
 
-def open_study(settings: SearchSettings, metric: str, space: dict, worker: int = 0):
-    """(study, storage): the study, created on first use, with a sampler that has not seen this run's draws."""
-    storage = open_storage(settings.storage, settings.heartbeat)
-    study = optuna.create_study(
-        study_name=settings.study,
-        storage=storage,
-        pruner=make_pruner(settings.pruner, settings.base.train.epochs),
-        direction=study_direction(metric),
-        load_if_exists=True,
-    )
-    study.set_metric_names([f"valid {metric}"])  # the dashboard's name for the objective
-    for key, value in {"kind": "search", "metric": metric, "space": space, "epochs": settings.base.train.epochs,
-                       "dataset": settings.base.dataset.to_dict(), "sampler": settings.sampler, "pruner": settings.pruner,
-                       "command": " ".join(["ggt-search", *sys.argv[1:]])}.items():
-        study.set_user_attr(key, value)
+def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> StudyRecord:
+    """What defines this search: its dataset, metric and direction, budget, space, sampler and pruner."""
+    return StudyRecord.new("search", settings.base.dataset, graphs, settings.base.train.epochs, space=space,
+                           sampler=settings.sampler, pruner=settings.pruner)
+
+
+def open_study(settings: SearchSettings, graphs: GraphSet, space: dict, worker: int = 0):
+    """(study, storage): the study, created on first use and described by its StudyRecord, with a
+    sampler that has not seen this run's draws."""
+    record = search_record(settings, graphs, space)
+    study, storage = create_or_load_study(settings.study, settings.storage, settings.heartbeat, record.direction,
+                                          pruner=make_pruner(settings.pruner, settings.base.train.epochs))
+    record.write(study)
     # Seeded by the trials already there too: a resumed study (or a second worker) must
     # not replay the first run's random start-up trials.
     existing = len(study.get_trials(deepcopy=False))
@@ -208,8 +202,8 @@ def run_worker(job: tuple[SearchSettings, dict], worker: int = 0, device: str | 
     settings, space = job
     graphs = load_dataset(settings.base.dataset)
     objective = Objective(settings, space, device or settings.base.train.device, graphs)
-    study, storage = open_study(settings, graphs.metric, space, worker)
-    optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed now, retried below
+    study, storage = open_study(settings, graphs, space, worker)
+    fail_stale_trials(study)  # trials of killed workers: failed now, retried below
     left = remaining(study, settings.trials)
     if left == 0:  # nothing to start: say why (all finished, or some still running, perhaps in a killed worker)
         if worker == 0:

@@ -56,7 +56,7 @@ def age_heartbeats(storage_url: str, seconds: float) -> None:
 
     from optuna.storages._rdb import models
 
-    from ggt_search.runner import open_storage
+    from ggt_search.storage import open_storage
 
     with open_storage(storage_url).scoped_session() as session:
         for row in session.query(models.TrialHeartbeatModel).all():

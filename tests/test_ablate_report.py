@@ -1,5 +1,6 @@
 """Ablations and reports, from a real small ablation run on ogbg-molbbbp molecules (CPU)."""
 
+import re
 import shutil
 
 import numpy as np
@@ -10,9 +11,11 @@ from scipy import stats
 
 from ggt_search import cli
 from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
+from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
+from ggt_search.record import StudyRecord
 from ggt_search.report import build_report, holm, holm_levels, mean_interval, paired_comparison
-from tests.conftest import age_heartbeats
+from tests.conftest import ROOT, age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
 ABLATION = """
@@ -88,8 +91,45 @@ def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
     for figure in ("history-s", "importances-s", "design-ranks-s"):
         assert (out / f"{figure}.png").exists()
     assert "Warning: only 6 completed trials" in md and "sampler grid, pruner none" in md
+    assert f"s: dataset bbbp300, sha256 {file_sha256(bbbp_csv)}, split {{'train': " in md  # the data the search ran on
     study = optuna.load_study(study_name="s", storage=storage)
     assert study.metric_names == ["valid rocauc"] and study.user_attrs["epochs"] == 2  # what the dashboard shows
+    record = StudyRecord.of(study)
+    assert (record.kind, record.metric, record.direction, record.sampler, record.pruner) == (
+        "search", "rocauc", "maximize", "grid", "none")
+    assert record.dataset == base.dataset.to_dict()
+    assert record.space["model.conv"] == {"choices": ["gated-gcn", "gcn", "mlp"]}
+
+
+def test_a_study_record_round_trips(ablation_storage, bbbp_csv):  # noqa: F811
+    _, storage = ablation_storage
+    study = optuna.load_study(study_name="conv", storage=storage)
+    record = StudyRecord.of(study)
+    assert (record.kind, record.group, record.metric, record.direction, record.epochs) == (
+        "ablation", "conv", "rocauc", "maximize", 2)
+    assert record.dataset["name"] == str(bbbp_csv) and record.checksum == file_sha256(bbbp_csv)
+    assert record.summary["name"] == "bbbp300" and sum(record.summary["split"].values()) == record.summary["graphs"]
+    assert record.ablation["seeds"] == [0, 1, 2] and set(record.ablation["variants"]) == {"gcn", "mlp"}
+    assert record.command.startswith("ggt-search") and study.metric_names == ["valid rocauc"]
+    elsewhere = optuna.create_study()  # in memory
+    record.write(elsewhere)
+    assert StudyRecord.of(elsewhere) == record and elsewhere.metric_names == ["valid rocauc"]
+
+
+def test_studies_written_before_study_records_still_read(tmp_path):
+    """The committed study (reports/all/study.db) was written by ggt-search 3fb4b52: its ablations kept
+    the dataset's summary, with the checksum in it, as 'dataset'. Its report must regenerate."""
+    shutil.copy(ROOT / "reports" / "all" / "study.db", tmp_path / "all.db")
+    summaries = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/all.db")
+    assert all("summary" not in s.user_attrs for s in summaries), "study.db was rewritten: this test needs an old one"
+    records = {s.study_name: StudyRecord.of(s) for s in summaries}
+    bbbp, esol = records["all--ogbg-molbbbp"], records["all--ogbg-molesol"]
+    assert (bbbp.kind, bbbp.group, bbbp.metric, bbbp.direction, bbbp.epochs) == (
+        "ablation", "all", "rocauc", "maximize", 20)
+    assert (esol.metric, esol.direction) == ("rmse", "minimize")
+    assert bbbp.dataset["name"] == bbbp.summary["name"] == "ogbg-molbbbp" and "checksum" not in bbbp.summary
+    assert re.fullmatch("[0-9a-f]{64}", bbbp.checksum)
+    assert bbbp.summary["split"] == {"train": 1631, "valid": 204, "test": 204}
 
 
 def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
@@ -158,7 +198,7 @@ def test_bad_ablation_files_and_study_names(tmp_path, capsys):
 def test_a_killed_run_is_rerun_when_the_ablation_restarts(bbbp_csv, tmp_path, capsys):  # noqa: F811
     """A worker killed mid-run leaves a RUNNING trial; once its heartbeat is stale, a restart reruns that pair."""
     from ggt_search.ablate import enqueue_missing
-    from ggt_search.runner import open_storage
+    from ggt_search.storage import open_storage
 
     (tmp_path / "conv.yaml").write_text(ABLATION.replace("seeds: 0-2", "seeds: 0").replace("epochs: 2", "epochs: 1"))
     ablation = load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)})

@@ -296,7 +296,7 @@ def test_sigterm_stops_every_worker_and_keeps_finished_seeds(tmp_path, bbbp_csv)
 
 
 def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
-    from ggt_search.runner import cpu_share
+    from ggt_search.workers import cpu_share
 
     out = tmp_path / "eval"
     assert cli.main(["evaluate", "--dataset", str(bbbp_csv), "--device", "cpu", "--layers", "1", "--hidden", "8", "--epochs", "1",

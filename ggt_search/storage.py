@@ -1,0 +1,104 @@
+"""Where studies live: an Optuna RDB storage at a URL, the study in it, and its artifact folder.
+
+A study is addressed by its name and storage URL: a SQLite file (one machine, a few
+workers), or any SQLAlchemy URL such as PostgreSQL for workers on many machines. A worker
+sends heartbeats; a trial silent for MISSED_BEATS of them is stale (its worker is taken for
+dead), and `trials.fail_stale_trials` fails it and queues it again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from ggt_search.errors import UserError
+
+# Heartbeats, their retry callback, metric names and grouped multivariate TPE are Optuna APIs
+# marked experimental; we use them on purpose, and their warnings would only puzzle users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna's own log (a traceback per failed trial, "Using an existing study") is replaced by
+# trials.ProgressLine's one line per trial, with the reason a trial failed or was pruned.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+MISSED_BEATS = 4  # a trial silent for this many heartbeats is stale: its worker is taken for dead
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def artifact_dir(url: str, artifacts: str | None = None) -> Path:
+    """The artifact store's folder (a search's best weights): `artifacts`, else beside the SQLite file, else ./artifacts."""
+    if artifacts:
+        return Path(artifacts)
+    return sqlite_path(url).parent / "artifacts" if sqlite_path(url) is not None else Path("artifacts")
+
+
+def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = False) -> RDBStorage:
+    """The study storage at `url`; `must_exist` refuses to create a SQLite file that is not there.
+
+    heartbeat: seconds between a running trial's heartbeats; a trial silent for MISSED_BEATS
+    of them is stale, and failing it queues a retry with the same parameters (twice at most).
+    """
+    if "://" not in url:
+        raise UserError(f"storage {url!r} is not a database URL; "
+                        f"use sqlite:///file.db or postgresql+psycopg2://user@host/db")
+    if must_exist and sqlite_path(url) is not None and not sqlite_path(url).is_file():
+        raise UserError(f"no study storage at {url} (no file {sqlite_path(url)}); check --storage")
+    kwargs = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=MISSED_BEATS * heartbeat,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except Exception as error:  # SQLAlchemy raises many kinds; the first line says which
+            # Workers started together on a fresh database race to create Optuna's tables;
+            # the loser's CREATE fails, and a moment later the tables are there.
+            creating = "already exists" in str(error) or "duplicate key" in str(error)
+            if not (creating and attempt < 2):
+                raise UserError(f"cannot open storage {url}: {str(error).splitlines()[0]}") from None
+            time.sleep(1 + attempt)
+
+
+def create_or_load_study(name: str, url: str, heartbeat: int, direction: str,
+                         **settings) -> tuple[optuna.Study, RDBStorage]:
+    """(study, storage): the study `name` at `url`, created on first use with `direction` and
+    Optuna's `settings` (sampler, pruner). Its StudyRecord is the caller's to check and write."""
+    storage = open_storage(url, heartbeat)
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True, **settings)
+    return study, storage
+
+
+def load_existing_study(name: str, url: str) -> optuna.Study:
+    """A study that must already exist (for reading: evaluate --from-study, report)."""
+    storage = open_storage(url, must_exist=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        raise UserError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
+
+
+def heartbeat_ages(study: optuna.Study, storage: RDBStorage, trials: list[optuna.trial.FrozenTrial]) -> dict[int, float]:
+    """Seconds since each trial's last heartbeat, by trial number (trials that never beat are absent).
+
+    The one use of Optuna's internals: Optuna keeps heartbeats in a table of its own and has
+    no public reader (its `_get_stale_trial_ids` says which trials are stale, not how old a
+    beat is). The trial ids come from public storage methods; the table from `_rdb.models`.
+    """
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    by_id = {storage.get_trial_id_from_study_id_trial_number(study_id, t.number): t.number for t in trials}
+    beats = models.TrialHeartbeatModel
+    with storage.scoped_session() as session:
+        now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        rows = session.query(beats).filter(beats.trial_id.in_(list(by_id))).all()
+        return {by_id[row.trial_id]: (now - row.heartbeat.replace(tzinfo=None)).total_seconds() for row in rows}

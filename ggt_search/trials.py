@@ -1,0 +1,145 @@
+"""A trial's life in a study, the same for `search` and `ablate`:
+- it trains one config, writing its TrialRecord as the run goes (`train_trial`);
+- a failing candidate is recorded as FAIL with its reason, a diverging one is pruned with its
+  reason, and the study goes on (`recorded`, `run_trials`);
+- a trial whose worker was killed goes stale, and the next run fails it and retries it with the
+  same parameters (`fail_stale_trials`; `running_note` says when that will be);
+- a worker that asks for work when there is none left stands down (`SurplusTrial`);
+- each finished trial prints one progress line (`ProgressLine`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from ggt_search.config import RunConfig
+from ggt_search.datasets import file_sha256
+from ggt_search.errors import UserError
+from ggt_search.record import TrialRecord
+from ggt_search.storage import MISSED_BEATS, heartbeat_ages
+from ggt_search.train import NonFiniteLoss, RunResult, Trainer, environment
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SurplusTrial(RuntimeError):
+    """Two workers asked for the last piece of work at once; the later one stands down."""
+
+
+def train_trial(trial: optuna.Trial, config: RunConfig, graphs, *, final: bool, prune: bool) -> RunResult:
+    """Train `config` as this trial's run, writing its TrialRecord as the run goes.
+
+    final: the run is a final evaluation of a fixed config (an ablation): test is scored
+    once, with the best-validation weights. Otherwise (a search) test is never read.
+    prune: ask the study's pruner after every epoch.
+    """
+    record = TrialRecord()
+    record.write(trial, config=config.to_dict())  # first: a config that cannot even start is recorded with its failure
+    trainer = Trainer(config, graphs)
+    # What a fine-tuned run started from, by content: a checkpoint rebuilt under the same path is another start.
+    started_from = {"init_sha256": file_sha256(Path(config.train.init))} if config.train.init else {}
+    record.write(trial, environment=environment(trainer.device) | started_from)
+
+    def on_epoch(epoch) -> None:
+        trial.report(epoch.valid_metric, epoch.epoch)
+        record.write(trial, epochs=epoch.epoch, curve=[*record.curve, epoch.valid_metric])
+        if prune and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch.epoch}")
+
+    result = trainer.fit(on_epoch=on_epoch, evaluate_test=final, on_start=lambda n: record.write(trial, parameters=n))
+    record.write(trial, best_epoch=result.best_epoch, test=result.test, trivial=result.trivial,
+                 seconds_per_epoch=sum(r.seconds for r in result.history) / len(result.history))
+    return result
+
+
+def recorded(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """`objective`, with every way a trial can end written on the trial: its reason and its time."""
+
+    def run(trial: optuna.Trial) -> float:
+        record, start = TrialRecord(), time.perf_counter()
+        try:
+            return objective(trial)
+        except NonFiniteLoss as error:
+            record.write(trial, reason=str(error))
+            raise optuna.TrialPruned(str(error)) from None
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            record.write(trial, reason="stopped (Ctrl-C or SIGTERM)")
+            raise
+        except Exception as error:  # recorded on the trial; Optuna marks it FAIL and goes on
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            if isinstance(error, (UserError, SurplusTrial)):  # our own one-line reasons
+                record.write(trial, reason=str(error))
+            else:
+                record.write(trial, reason=f"{type(error).__name__}: {str(error)[:500]}",
+                             traceback=traceback.format_exc()[-4000:])
+            raise
+        finally:
+            record.write(trial, seconds=round(time.perf_counter() - start, 2))
+
+    return run
+
+
+class ProgressLine:
+    """One line per finished trial: state, value, best so far, and how far the study is."""
+
+    def __init__(self, total: int | None):
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        value = "" if trial.value is None else f" value {trial.value:.4f}"
+        try:
+            best = f"  best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = ""
+        reason = TrialRecord.of(trial).reason
+        progress = f"[{done}/{self.total}]" if self.total else f"[{done}]"
+        print(f"{progress} trial {trial.number} {trial.state.name.lower()}{value}{best}"
+              f"{'  (' + reason + ')' if reason and trial.state != TrialState.COMPLETE else ''}", flush=True)
+
+
+def run_trials(study: optuna.Study, objective, *, n_trials: int | None, timeout: float | None, total: int | None,
+               stop: Callable[[optuna.Study], bool]) -> None:
+    """study.optimize with our rules: failures recorded and caught, one progress line per trial."""
+    def stop_when_done(study: optuna.Study, trial) -> None:
+        if stop(study):
+            study.stop()
+
+    study.optimize(recorded(objective), n_trials=n_trials, timeout=timeout, catch=(Exception,),
+                   callbacks=[ProgressLine(total), stop_when_done], gc_after_trial=True)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials of killed workers (silent for MISSED_BEATS heartbeats); the storage's
+    retry callback queues each again, WAITING, with its parameters and user attributes.
+    Call it before counting the work left, so a restart reruns them instead of waiting for them forever."""
+    optuna.storages.fail_stale_trials(study)
+
+
+def running_note(study: optuna.Study, storage: RDBStorage, heartbeat: int) -> str | None:
+    """What is still RUNNING in the study, and when a dead worker's trial will be retried."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return None
+    ages = heartbeat_ages(study, storage, running)
+    grace = MISSED_BEATS * heartbeat
+    described = []
+    for trial in running:
+        age = ages.get(trial.number)
+        when = ("no heartbeat yet" if age is None
+                else f"last heartbeat {age:.0f} s ago, stale in {max(0.0, grace - age):.0f} s")
+        described.append(f"trial {trial.number} ({when})")
+    return (f"{len(running)} trial(s) still RUNNING in another worker: {', '.join(described)}. If that worker was "
+            f"killed, the first run after its trial goes stale ({grace} s without a heartbeat) fails it and "
+            f"retries it: rerun this command then.")
