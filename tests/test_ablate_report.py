@@ -11,7 +11,8 @@ from scipy import stats
 from ggt_search import cli
 from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
 from ggt_search.errors import UserError
-from ggt_search.report import build_report, holm, holm_levels, mean_interval, paired_comparison
+from ggt_search.report import build_report
+from ggt_search.report.statistics import holm, holm_levels, mean_interval, paired_comparison
 from tests.conftest import age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
@@ -190,7 +191,7 @@ def test_ablation_files_that_would_train_something_else_are_refused(tmp_path, te
 
 
 def test_power_analysis_matches_the_known_paired_t_figures():
-    from ggt_search.report import detectable_effect, power, seeds_needed
+    from ggt_search.report.statistics import detectable_effect, power, seeds_needed
 
     # Two-sided paired t-test, n = 10, alpha 0.05, power 0.8: d = 0.996 (G*Power rounds to 0.99). Checked
     # independently by simulation: seeded draws of 10 differences with that mean reject H0 80% of the time.
@@ -211,7 +212,7 @@ def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
 
 
 def test_a_verdict_never_promises_a_detectable_effect_beyond_the_metric_range():
-    from ggt_search.report import verdict
+    from ggt_search.report.ablation import verdict
 
     row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0, "adj_low": -3.0, "adj_high": 2.8}
     assert row["detectable"] > 1  # two seeds, 20 comparisons: a ROC-AUC difference of more than 1 would be needed
