@@ -129,7 +129,16 @@ def test_statistics_match_scipy():
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
 
 
-def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides():
+@pytest.fixture
+def quick_holm(monkeypatch):
+    """statsmodels' Holm (multipletests) ends with gc.collect(), most of a second with torch loaded: too slow
+    for the hundreds of families below, and nothing these tests check."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+
+
+def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides(quick_holm):
     """Holm tests the i-th smallest p at 0.05 / (m - i + 1) and stops at the first failure. Known
     numbers: sorted p 0.01, 0.012 pass (0.0125, 0.0167), 0.04 fails at 0.025, and 0.3 keeps 0.025."""
     assert holm_levels([0.01, 0.04, 0.012, 0.3]) == pytest.approx([0.05 / 4, 0.05 / 2, 0.05 / 3, 0.05 / 2])
@@ -202,6 +211,65 @@ def test_power_analysis_matches_the_known_paired_t_figures():
     assert (np.abs(t) > stats.t.ppf(0.975, 9)).mean() == pytest.approx(0.8, abs=0.004)
     assert power(detectable_effect(0.02, 7, 0.05), 0.02, 7, 0.05) == pytest.approx(0.8)
     assert seeds_needed(effect, 1.0, 0.05) == 10 and seeds_needed(0.5, 1.0, 0.05) > 30
+
+
+def test_holm_levels_reject_exactly_what_statsmodels_holm_rejects(quick_holm):
+    """On random families, ties included, a p-value is below its level exactly when statsmodels' own
+    step-down (its `reject`, computed apart from the adjusted p-values the levels are read from) rejects it."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        m = int(rng.integers(1, 30))
+        p_values = rng.choice([rng.uniform(0, 0.01), rng.uniform(0, 0.2)], size=m).round(int(rng.integers(2, 6)))
+        rejected = multipletests(p_values, alpha=0.05, method="holm")[0]
+        assert [p < level for p, level in zip(p_values, holm_levels(p_values.tolist()))] == rejected.tolist()
+
+
+def test_power_is_statsmodels_ttest_power_and_stays_finite_where_that_is_nan():
+    from statsmodels.stats.power import TTestPower
+
+    from ggt_search.report.statistics import detectable_effect, power
+
+    ours, theirs = [], []
+    for n in (2, 3, 5, 10, 30):
+        for alpha in (0.05, 0.05 / 54):
+            for d in np.geomspace(0.01, 1000, 60):
+                ours.append(power(d * 0.03, 0.03, n, alpha))
+                theirs.append(TTestPower().power(d, n, alpha))
+    ours, theirs = np.array(ours), np.array(theirs)
+    finite = np.isfinite(theirs)
+    assert np.all((0 <= ours) & (ours <= 1)) and finite.sum() > 100
+    assert ours[finite] == pytest.approx(theirs[finite], abs=1e-10)
+    # Where statsmodels gives NaN, e.g. 2 seeds and 54 comparisons: the detectable effect, checked by simulation.
+    effect = detectable_effect(sd=1.0, n=2, alpha=0.05 / 54)
+    draws = np.random.default_rng(0).normal(effect, 1.0, (200_000, 2))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(2))
+    assert (np.abs(t) > stats.t.ppf(1 - 0.05 / 108, 1)).mean() == pytest.approx(0.8, abs=0.004)
+
+
+def test_the_html_is_made_from_the_markdown_self_contained_and_escaped(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ggt_search.report.page import Page
+
+    page = Page(tmp_path, "report: <b>bold</b>")
+    page.heading("variant <script>alert(1)</script>")
+    page.text("p < 0.05 & `code <i>`")
+    page.table(pd.DataFrame({"variant": ["<img src=x>", "gcn"], "test": [0.81234, np.nan]}))
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    page.figure(fig, "line", "a line <u>")
+    page.write()
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
+    assert md.startswith("# report: <b>bold</b>\n\n## variant <script>alert(1)</script>\n\np < 0.05")
+    assert "| <img src=x>" in md and "![a line <u>](line.png)\n\n*a line <u>*" in md
+    for raw in ("<b>", "<script>", "<i>", "<img src=x>", "<u>"):
+        assert raw not in html
+    assert "<h1>report: &lt;b&gt;bold&lt;/b&gt;</h1>" in html and "<h2>variant &lt;script&gt;" in html
+    assert "<p>p &lt; 0.05 &amp; <code>code &lt;i&gt;</code></p>" in html and "<td>0.8123</td>" in html.replace(
+        ' style="text-align: right;"', "")
+    assert html.count("<img ") == 1 and 'src="data:image/png;base64,' in html and "line.png" not in html
 
 
 def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
