@@ -14,7 +14,8 @@ from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run
 from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
 from ggt_search.record import StudyRecord
-from ggt_search.report import build_report, holm, holm_levels, mean_interval, paired_comparison
+from ggt_search.report import build_report
+from ggt_search.report.statistics import holm, holm_levels, mean_interval, paired_comparison
 from tests.conftest import ROOT, age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
@@ -168,7 +169,16 @@ def test_statistics_match_scipy():
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
 
 
-def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides():
+@pytest.fixture
+def quick_holm(monkeypatch):
+    """statsmodels' Holm (multipletests) ends with gc.collect(), most of a second with torch loaded: too slow
+    for the hundreds of families below, and nothing these tests check."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+
+
+def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides(quick_holm):
     """Holm tests the i-th smallest p at 0.05 / (m - i + 1) and stops at the first failure. Known
     numbers: sorted p 0.01, 0.012 pass (0.0125, 0.0167), 0.04 fails at 0.025, and 0.3 keeps 0.025."""
     assert holm_levels([0.01, 0.04, 0.012, 0.3]) == pytest.approx([0.05 / 4, 0.05 / 2, 0.05 / 3, 0.05 / 2])
@@ -230,7 +240,7 @@ def test_ablation_files_that_would_train_something_else_are_refused(tmp_path, te
 
 
 def test_power_analysis_matches_the_known_paired_t_figures():
-    from ggt_search.report import detectable_effect, power, seeds_needed
+    from ggt_search.report.statistics import detectable_effect, power, seeds_needed
 
     # Two-sided paired t-test, n = 10, alpha 0.05, power 0.8: d = 0.996 (G*Power rounds to 0.99). Checked
     # independently by simulation: seeded draws of 10 differences with that mean reject H0 80% of the time.
@@ -243,6 +253,65 @@ def test_power_analysis_matches_the_known_paired_t_figures():
     assert seeds_needed(effect, 1.0, 0.05) == 10 and seeds_needed(0.5, 1.0, 0.05) > 30
 
 
+def test_holm_levels_reject_exactly_what_statsmodels_holm_rejects(quick_holm):
+    """On random families, ties included, a p-value is below its level exactly when statsmodels' own
+    step-down (its `reject`, computed apart from the adjusted p-values the levels are read from) rejects it."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        m = int(rng.integers(1, 30))
+        p_values = rng.choice([rng.uniform(0, 0.01), rng.uniform(0, 0.2)], size=m).round(int(rng.integers(2, 6)))
+        rejected = multipletests(p_values, alpha=0.05, method="holm")[0]
+        assert [p < level for p, level in zip(p_values, holm_levels(p_values.tolist()))] == rejected.tolist()
+
+
+def test_power_is_statsmodels_ttest_power_and_stays_finite_where_that_is_nan():
+    from statsmodels.stats.power import TTestPower
+
+    from ggt_search.report.statistics import detectable_effect, power
+
+    ours, theirs = [], []
+    for n in (2, 3, 5, 10, 30):
+        for alpha in (0.05, 0.05 / 54):
+            for d in np.geomspace(0.01, 1000, 60):
+                ours.append(power(d * 0.03, 0.03, n, alpha))
+                theirs.append(TTestPower().power(d, n, alpha))
+    ours, theirs = np.array(ours), np.array(theirs)
+    finite = np.isfinite(theirs)
+    assert np.all((0 <= ours) & (ours <= 1)) and finite.sum() > 100
+    assert ours[finite] == pytest.approx(theirs[finite], abs=1e-10)
+    # Where statsmodels gives NaN, e.g. 2 seeds and 54 comparisons: the detectable effect, checked by simulation.
+    effect = detectable_effect(sd=1.0, n=2, alpha=0.05 / 54)
+    draws = np.random.default_rng(0).normal(effect, 1.0, (200_000, 2))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(2))
+    assert (np.abs(t) > stats.t.ppf(1 - 0.05 / 108, 1)).mean() == pytest.approx(0.8, abs=0.004)
+
+
+def test_the_html_is_made_from_the_markdown_self_contained_and_escaped(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ggt_search.report.page import Page
+
+    page = Page(tmp_path, "report: <b>bold</b>")
+    page.heading("variant <script>alert(1)</script>")
+    page.text("p < 0.05 & `code <i>`")
+    page.table(pd.DataFrame({"variant": ["<img src=x>", "gcn"], "test": [0.81234, np.nan]}))
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    page.figure(fig, "line", "a line <u>")
+    page.write()
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
+    assert md.startswith("# report: <b>bold</b>\n\n## variant <script>alert(1)</script>\n\np < 0.05")
+    assert "| <img src=x>" in md and "![a line <u>](line.png)\n\n*a line <u>*" in md
+    for raw in ("<b>", "<script>", "<i>", "<img src=x>", "<u>"):
+        assert raw not in html
+    assert "<h1>report: &lt;b&gt;bold&lt;/b&gt;</h1>" in html and "<h2>variant &lt;script&gt;" in html
+    assert "<p>p &lt; 0.05 &amp; <code>code &lt;i&gt;</code></p>" in html and "<td>0.8123</td>" in html.replace(
+        ' style="text-align: right;"', "")
+    assert html.count("<img ") == 1 and 'src="data:image/png;base64,' in html and "line.png" not in html
+
+
 def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
     one = paired_comparison(np.array([0.8]), np.array([0.7]))
     assert not one["testable"] and "p_t" not in one and "1 paired seed" in one["why"]
@@ -251,7 +320,7 @@ def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
 
 
 def test_a_verdict_never_promises_a_detectable_effect_beyond_the_metric_range():
-    from ggt_search.report import verdict
+    from ggt_search.report.ablation import verdict
 
     row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0, "adj_low": -3.0, "adj_high": 2.8}
     assert row["detectable"] > 1  # two seeds, 20 comparisons: a ROC-AUC difference of more than 1 would be needed

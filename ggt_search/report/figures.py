@@ -1,0 +1,116 @@
+"""A report's figures. Each is drawn on a matplotlib Figure of its own, without pyplot: no backend to
+pick, no window to close; `Page.figure` writes it as PNG, which matplotlib renders with Agg."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from ggt_search.report.statistics import t_interval
+
+
+@contextmanager
+def report_style():
+    """seaborn's whitegrid look for the figures drawn inside, and matplotlib's settings as they were after."""
+    with matplotlib.rc_context():
+        sns.set_theme(style="whitegrid", context="notebook")
+        yield
+
+
+def scores_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
+    """Validation and test score of each run per variant, with each variant's mean and 95% t-interval."""
+    fig = Figure(figsize=(11, 3.8))
+    for ax, split in zip(fig.subplots(1, 2), ["valid", "test"]):
+        for x, variant in enumerate(order):
+            values = runs.loc[runs.variant == variant, split].to_numpy()
+            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(x + offsets, values, color="0.5", s=14, zorder=2)
+            low, high = t_interval(values)
+            ax.errorbar(x + 0.3, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], fmt="D",
+                        color="C3", capsize=3, zorder=3)
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_title(split)
+        ax.set_ylabel(metric)
+    return fig
+
+
+def differences_figure(comparison: pd.DataFrame, metric: str) -> Figure:
+    """Each testable paired difference: its mean, 95% CI (thick) and family-adjusted CI (thin)."""
+    rows = comparison[comparison.testable]
+    fig = Figure(figsize=(7, 0.8 + 0.5 * max(len(rows), 1)))
+    ax = fig.subplots()
+    for y, r in enumerate(rows.to_dict("records")):
+        ax.plot([r["adj_low"], r["adj_high"]], [y, y], color="C3", lw=1)
+        ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="C3", lw=4)
+        ax.plot(r["mean_diff"], y, "D", color="k")
+    ax.set_yticks(range(len(rows)), rows.variant)
+    ax.axvline(0, color="0.2", lw=1)
+    ax.set_xlabel(f"test {metric}: variant - baseline (same seed)")
+    return fig
+
+
+def curves_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
+    """Validation score per epoch of each variant: the mean over seeds with its 95% t-interval."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for i, variant in enumerate(order):
+        curves = runs.loc[runs.variant == variant, "curve"].tolist()
+        epochs = min(len(c) for c in curves)
+        values = np.array([c[:epochs] for c in curves])
+        bands = np.array([t_interval(values[:, e]) for e in range(epochs)])
+        ax.plot(range(1, epochs + 1), values.mean(0), color=f"C{i % 10}", label=variant)
+        ax.fill_between(range(1, epochs + 1), bands[:, 0], bands[:, 1], color=f"C{i % 10}", alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def rank_counts_figure(counts: pd.DataFrame) -> Figure:
+    """How often each variant (row) took each rank (column), as an annotated heat map."""
+    fig = Figure(figsize=(1.2 + 0.5 * counts.shape[1], 0.8 + 0.4 * len(counts)))
+    ax = fig.subplots()
+    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set_xlabel("rank in its (dataset, seed) cell (1 = best)")
+    return fig
+
+
+def history_figure(history: pd.DataFrame) -> Figure:
+    """Each completed trial's validation metric, and the best so far."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    ax.scatter(history["trial"], history["value"], color="0.5", s=14, label="trial")
+    ax.step(history["trial"], history["best so far"], where="post", color="C3", label="best so far")
+    ax.legend()
+    ax.set_ylabel("validation metric")
+    return fig
+
+
+def importances_figure(summary: pd.DataFrame) -> Figure:
+    """Each parameter's importance with its spread over forests, the most important on top."""
+    fig = Figure(figsize=(7, 0.6 + 0.35 * len(summary)))
+    ax = fig.subplots()
+    ax.barh(summary["parameter"], summary["importance"], xerr=summary["std over 5 forests"], color="C0")
+    ax.invert_yaxis()
+    ax.set_xlabel("importance")
+    return fig
+
+
+def design_ranks_figure(ranks: pd.DataFrame, wrap: int = 3, size: float = 2.8) -> Figure:
+    """One strip plot per design dimension: each choice's rank within each group that varied it."""
+    dimensions = list(ranks["dimension"].unique())
+    columns, rows = min(wrap, len(dimensions)), -(-len(dimensions) // wrap)
+    fig = Figure(figsize=(size * columns, size * rows))
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).flatten()
+    for ax, dimension in zip(axes, dimensions):
+        sns.stripplot(data=ranks[ranks["dimension"] == dimension], x="choice", y="rank", jitter=0.15, alpha=0.6, ax=ax)
+        ax.set_title(f"dimension = {dimension}")
+    for ax in axes[len(dimensions):]:
+        ax.remove()
+    fig.tight_layout()
+    return fig
