@@ -29,8 +29,10 @@ from ggt_search.workers import run_workers
 
 BASELINE = "baseline"
 # Packaged dataset suites (`ablate --suite NAME`): small scaffold-split sets a CPU can run, and the seed's GPU sets.
-SUITES = {"cpu": ("ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"),
-          "gpu": ("ogbg-molhiv", "ogbg-molpcba")}
+SUITES = {
+    "cpu": ("ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"),
+    "gpu": ("ogbg-molhiv", "ogbg-molpcba"),
+}
 FILE_KEYS = {"idea", "question", "dataset", "datasets", "baseline", "variants", "seeds", "epochs", "effect"}
 
 
@@ -57,8 +59,13 @@ class Ablation:
         return study if len(self.datasets) == 1 else f"{study}--{Path(dataset.name).stem}"
 
 
-def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | None = None, epochs: int | None = None,
-                  datasets: list[dict] | None = None) -> Ablation:
+def load_ablation(
+    path: str | Path,
+    dataset: dict | None = None,
+    seeds: str | None = None,
+    epochs: int | None = None,
+    datasets: list[dict] | None = None,
+) -> Ablation:
     """The ablation a file defines; `dataset` (one) or `datasets` (several) replace the file's datasets."""
     path = Path(path)
     values = read_yaml_mapping(path, "ablation", "with at least 'baseline' and 'variants'")
@@ -66,9 +73,14 @@ def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | No
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(FILE_KEYS))}")
     if values.get("baseline") is None:
-        raise UserError(f"ablation {path} has no 'baseline'; give the config every variant is compared with (model: and train: settings)")
+        raise UserError(
+            f"ablation {path} has no 'baseline'; give the config every variant is compared with (model: and "
+            "train: settings)"
+        )
     if not values.get("variants"):
-        raise UserError(f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline")
+        raise UserError(
+            f"ablation {path} has no 'variants'; name at least one config change to compare with the baseline"
+        )
     if "dataset" in values and "datasets" in values:
         raise UserError(f"{path}: give 'dataset' (one) or 'datasets' (a list), not both")
     datasets = datasets or ([dataset] if dataset else values.get("datasets") or [values.get("dataset") or "nci-tpsa"])
@@ -98,8 +110,16 @@ def load_ablation(path: str | Path, dataset: dict | None = None, seeds: str | No
     effect = values.get("effect")
     if effect is not None and not (isinstance(effect, int | float) and not isinstance(effect, bool) and effect > 0):
         raise UserError(f"{path}: 'effect' must be a positive number (the difference worth detecting), got {effect!r}")
-    return Ablation(path.stem, values.get("idea", path.stem), values.get("question", ""), base_config, variants,
-                    parse_seeds(str(seeds or values.get("seeds", "0-4"))), [c.dataset for c in configs], effect)
+    return Ablation(
+        path.stem,
+        values.get("idea", path.stem),
+        values.get("question", ""),
+        base_config,
+        variants,
+        parse_seeds(str(seeds or values.get("seeds", "0-4"))),
+        [c.dataset for c in configs],
+        effect,
+    )
 
 
 @dataclass
@@ -122,19 +142,35 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
     graphs = load_dataset(dataset)
     if ablation.base.model.pe_dim or any((v.get("model") or {}).get("pe_dim") for v in ablation.variants.values()):
         graphs.load_pe(0)
-    defined = {"name": ablation.name, "idea": ablation.idea, "question": ablation.question,
-               "baseline": ablation.config(BASELINE, ablation.seeds[0], dataset).to_dict(),
-               "variants": ablation.variants, "seeds": ablation.seeds, "effect": ablation.effect}
-    record = StudyRecord.new("ablation", dataset, graphs, ablation.base.train.epochs, group=settings.study, ablation=defined)
-    study, storage = create_or_load_study(name, settings.storage, settings.heartbeat, record.direction,
-                                          sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+    defined = {
+        "name": ablation.name,
+        "idea": ablation.idea,
+        "question": ablation.question,
+        "baseline": ablation.config(BASELINE, ablation.seeds[0], dataset).to_dict(),
+        "variants": ablation.variants,
+        "seeds": ablation.seeds,
+        "effect": ablation.effect,
+    }
+    record = StudyRecord.new(
+        "ablation", dataset, graphs, ablation.base.train.epochs, group=settings.study, ablation=defined
+    )
+    study, storage = create_or_load_study(
+        name,
+        settings.storage,
+        settings.heartbeat,
+        record.direction,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=optuna.pruners.NopPruner(),
+    )
     check_same_settings(study, ablation, dataset)
     record.write(study)
     fail_stale_trials(study)  # a restarted ablation reruns the runs of killed workers
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    print(f"ablation {ablation.name} on {graphs.name} (study {name}): {len(ablation.variants) + 1} variants x "
-          f"{len(ablation.seeds)} seeds; {waiting} runs to do")
+    print(
+        f"ablation {ablation.name} on {graphs.name} (study {name}): {len(ablation.variants) + 1} variants x "
+        f"{len(ablation.seeds)} seeds; {waiting} runs to do"
+    )
     if not waiting and (note := running_note(study, storage, settings.heartbeat)):
         print(note)
     if waiting:
@@ -161,21 +197,29 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
         difference = config_difference(wanted, RunConfig.from_dict(record.config))
         if difference:
             field, stored_value, wanted_value = difference
-            raise UserError(f"study {study.study_name} holds runs with {field} = {stored_value!r}, but this ablation asks for "
-                            f"{wanted_value!r} ({variant}, seed {seed}); rerun with the same settings, or pass --study NEW for a new study")
+            raise UserError(
+                f"study {study.study_name} holds runs with {field} = {stored_value!r}, but this ablation asks for "
+                f"{wanted_value!r} ({variant}, seed {seed}); rerun with the same settings, or pass --study NEW "
+                "for a new study"
+            )
         started_from = (record.environment or {}).get("init_sha256")
         init = wanted.train.init
         if started_from and Path(init).is_file():
             checksums.setdefault(init, file_sha256(Path(init)))
             if checksums[init] != started_from:
-                raise UserError(f"study {study.study_name} holds runs fine-tuned from {init} with sha256 {started_from[:12]}..., "
-                                f"but that file has changed since (now {checksums[init][:12]}...); restore that checkpoint, "
-                                f"or pass --study NEW for a new study")
+                raise UserError(
+                    f"study {study.study_name} holds runs fine-tuned from {init} with sha256 {started_from[:12]}..., "
+                    f"but that file has changed since (now {checksums[init][:12]}...); restore that checkpoint, "
+                    f"or pass --study NEW for a new study"
+                )
 
 
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
     """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
-    taken = {run_pair(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))}
+    taken = {
+        run_pair(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+    }
     for seed in ablation.seeds:  # seed by seed: an interrupted ablation leaves complete pairs to compare
         for variant in [BASELINE, *ablation.variants]:
             if (variant, seed) not in taken:

@@ -61,11 +61,11 @@ class Batch:
         return self.num_graphs + (self.node_mask is not None)
 
     @property
-    def nodes(self) -> "Segments":
+    def nodes(self) -> Segments:
         return Segments(self.node_graph, self.num_segments, self.node_mask)
 
     @property
-    def edges(self) -> "Segments":
+    def edges(self) -> Segments:
         return Segments(self.edge_graph, self.num_segments, self.edge_mask)
 
     def shape(self) -> tuple[int, int, int]:
@@ -123,7 +123,9 @@ class DeviceGraphs:
         edges, edge_graph, _ = padded_ranges(self.edge_ptr, graphs, edge_budget, slots)
         node_mask, edge_mask = node_graph < slots, edge_graph < slots
         # A Python scalar, not torch.tensor(...): copying a host tensor to the GPU would sync.
-        edge_index = torch.where(edge_mask, self.edges[:, edges] + first_atom[edge_graph.clamp(max=len(graphs) - 1)], node_budget - 1)
+        edge_index = torch.where(
+            edge_mask, self.edges[:, edges] + first_atom[edge_graph.clamp(max=len(graphs) - 1)], node_budget - 1
+        )
         y = self.y.new_full((slots, self.y.shape[1]), float("nan"))
         y[: len(graphs)] = self.y[graphs]
         graph_mask = torch.arange(slots + 1, device=self.device) < len(graphs)
@@ -145,15 +147,23 @@ class DeviceGraphs:
             graph_mask=graph_mask,
         )
 
-    def batches(self, graphs: torch.Tensor, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                padded: bool = False):
+    def batches(
+        self,
+        graphs: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        padded: bool = False,
+    ):
         """`graphs` (dataset indices, e.g. `self.split["train"]`) in batches of `batch_size`."""
         if shuffle:
             graphs = graphs[torch.randperm(len(graphs), generator=generator).to(self.device)]
         if padded:
-            self.budget = tuple(max(old, round_up(new + 1)) for old, new in zip(self.budget, self.largest_batch(graphs, batch_size)))
+            self.budget = tuple(
+                max(old, round_up(new + 1)) for old, new in zip(self.budget, self.largest_batch(graphs, batch_size))
+            )
         for start in range(0, len(graphs), batch_size):
-            chosen = graphs[start:start + batch_size]
+            chosen = graphs[start : start + batch_size]
             yield self.padded_batch(chosen, batch_size, *self.budget) if padded else self.batch(chosen)
 
     def largest_batch(self, order: torch.Tensor, batch_size: int) -> tuple[int, int]:

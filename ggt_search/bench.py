@@ -44,14 +44,34 @@ def pyg_batches(trainer: Trainer, graphs: torch.Tensor, batch_size: int):
     data = []
     for i in graphs.tolist():
         n0, n1, e0, e1 = int(g.node_ptr[i]), int(g.node_ptr[i + 1]), int(g.edge_ptr[i]), int(g.edge_ptr[i + 1])
-        data.append(Data(x=g.atoms[n0:n1], edge_index=g.edges[:, e0:e1], edge_attr=g.bonds[e0:e1], y=g.y[i:i + 1],
-                         pe=None if pe is None else pe[n0:n1], num_nodes=n1 - n0,
-                         atom_cycles=None if cycles is None else cycles[0][n0:n1], bond_cycles=None if cycles is None else cycles[1][e0:e1]))
+        data.append(
+            Data(
+                x=g.atoms[n0:n1],
+                edge_index=g.edges[:, e0:e1],
+                edge_attr=g.bonds[e0:e1],
+                y=g.y[i : i + 1],
+                pe=None if pe is None else pe[n0:n1],
+                num_nodes=n1 - n0,
+                atom_cycles=None if cycles is None else cycles[0][n0:n1],
+                bond_cycles=None if cycles is None else cycles[1][e0:e1],
+            )
+        )
     for batch in DataLoader(data, batch_size=batch_size, shuffle=True):
         batch = batch.to(trainer.device)
-        yield Batch(batch.x, batch.edge_attr, batch.edge_index, batch.batch, batch.batch[batch.edge_index[0]],
-                    batch.num_graphs, batch.pe, batch.y, batch.num_graphs, trainer.data.max_nodes,
-                    getattr(batch, "atom_cycles", None), getattr(batch, "bond_cycles", None))
+        yield Batch(
+            batch.x,
+            batch.edge_attr,
+            batch.edge_index,
+            batch.batch,
+            batch.batch[batch.edge_index[0]],
+            batch.num_graphs,
+            batch.pe,
+            batch.y,
+            batch.num_graphs,
+            trainer.data.max_nodes,
+            getattr(batch, "atom_cycles", None),
+            getattr(batch, "bond_cycles", None),
+        )
 
 
 def fast_batches(trainer: Trainer, graphs: torch.Tensor):
@@ -101,9 +121,13 @@ def profile_steps(trainer: Trainer, graphs: torch.Tensor, steps: int = 20) -> tu
     summary = {
         "profiled_steps": steps,
         "wall_ms_per_step": round(1000 * wall / steps, 3),
-        "kernel_launches_per_step": round(launches({"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"}) / steps, 1),
+        "kernel_launches_per_step": round(
+            launches({"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"}) / steps, 1
+        ),
         "graph_launches_per_step": round(launches({"cudaGraphLaunch"}) / steps, 2),
-        "host_syncs_per_step": round(launches({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"}) / steps, 2),
+        "host_syncs_per_step": round(
+            launches({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"}) / steps, 2
+        ),
     }
     if cuda:
         device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
@@ -136,8 +160,14 @@ def _train_graphs(trainer: Trainer, max_graphs: int | None) -> torch.Tensor:
     return train[:max_graphs] if max_graphs else train
 
 
-def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = None, baseline: bool = True,
-              profile_out: Path | None = None, repeats: int = 3) -> dict:
+def run_bench(
+    config: RunConfig,
+    concurrent: int = 1,
+    max_graphs: int | None = None,
+    baseline: bool = True,
+    profile_out: Path | None = None,
+    repeats: int = 3,
+) -> dict:
     report = cache_build_times(config)
     trainer = Trainer(config, load_dataset(config.dataset))  # from the user's cache: the cold one is gone
     train = _train_graphs(trainer, max_graphs)
@@ -148,20 +178,24 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
         eager = TrainStep(trainer.build_model(), trainer.loss, config.train, trainer.device)
         paths["pyg"] = (lambda: pyg_batches(trainer, train.cpu(), config.train.batch_size), eager)
     seconds = time_epochs(trainer, paths, repeats)
-    report = {
-        "device": environment(trainer.device)["hardware"],
-        "dataset": trainer.graphs.name,
-        "graphs_per_epoch": n,
-        "batch_size": config.train.batch_size,
-        "precision": config.train.precision,
-        "cuda_graphs": config.train.cuda_graphs,
-        "compile": config.train.compile,
-        "parameters": count_parameters(fast_model),
-    } | report | {
-        "epochs_timed": repeats,
-        "fast_graphs_per_s": round(n / seconds["fast"]),
-        "peak_memory_mb": round(peak_memory_mb(trainer.device)),
-    }
+    report = (
+        {
+            "device": environment(trainer.device)["hardware"],
+            "dataset": trainer.graphs.name,
+            "graphs_per_epoch": n,
+            "batch_size": config.train.batch_size,
+            "precision": config.train.precision,
+            "cuda_graphs": config.train.cuda_graphs,
+            "compile": config.train.compile,
+            "parameters": count_parameters(fast_model),
+        }
+        | report
+        | {
+            "epochs_timed": repeats,
+            "fast_graphs_per_s": round(n / seconds["fast"]),
+            "peak_memory_mb": round(peak_memory_mb(trainer.device)),
+        }
+    )
     if baseline:
         report["pyg_graphs_per_s"] = round(n / seconds["pyg"])
         report["speedup_vs_pyg"] = round(seconds["pyg"] / seconds["fast"], 2)
@@ -172,8 +206,11 @@ def run_bench(config: RunConfig, concurrent: int = 1, max_graphs: int | None = N
         (profile_out / "profile.txt").write_text(table)
     if concurrent > 1:
         total = concurrent_graphs_per_s(config, concurrent, max_graphs)
-        report |= {"concurrent": concurrent, "concurrent_total_graphs_per_s": round(total),
-                   "concurrent_speedup_vs_one": round(total / report["fast_graphs_per_s"], 2)}
+        report |= {
+            "concurrent": concurrent,
+            "concurrent_total_graphs_per_s": round(total),
+            "concurrent_speedup_vs_one": round(total / report["fast_graphs_per_s"], 2),
+        }
     return report
 
 
@@ -197,14 +234,21 @@ def cache_build_times(config: RunConfig) -> dict:
                 del os.environ["GGT_SEARCH_CACHE"]
             else:
                 os.environ["GGT_SEARCH_CACHE"] = previous
-    return {"featurize_cold_s": round(featurize_s, 2), "pe_cold_s": round(pe_cold_s, 2), "dataset_and_pe_warm_s": round(warm_s, 3)}
+    return {
+        "featurize_cold_s": round(featurize_s, 2),
+        "pe_cold_s": round(pe_cold_s, 2),
+        "dataset_and_pe_warm_s": round(warm_s, 3),
+    }
 
 
 def concurrent_graphs_per_s(config: RunConfig, concurrent: int, max_graphs: int | None) -> float:
     """Total training graphs/s of `concurrent` processes training at once on the same device."""
     context = mp.get_context("spawn")
     barrier, results = context.Barrier(concurrent), context.Queue()
-    workers = [context.Process(target=_concurrent_worker, args=(config.to_dict(), max_graphs, barrier, results)) for _ in range(concurrent)]
+    workers = [
+        context.Process(target=_concurrent_worker, args=(config.to_dict(), max_graphs, barrier, results))
+        for _ in range(concurrent)
+    ]
     for w in workers:
         w.start()
     spans = [results.get() for _ in workers]

@@ -89,11 +89,23 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             default = f.default if f.default is not MISSING else None
             flag = "--" + f.name.replace("_", "-")
             if f.type in (bool, "bool"):
-                group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"default {default}")
+                group.add_argument(
+                    flag,
+                    dest=f"{section}.{f.name}",
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=f"default {default}",
+                )
             else:
                 kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-                group.add_argument(flag, dest=f"{section}.{f.name}", type=kind, choices=options.get(f.name),
-                                   default=argparse.SUPPRESS, help=f"default {default}")
+                group.add_argument(
+                    flag,
+                    dest=f"{section}.{f.name}",
+                    type=kind,
+                    choices=options.get(f.name),
+                    default=argparse.SUPPRESS,
+                    help=f"default {default}",
+                )
 
 
 def run_config(args: argparse.Namespace):
@@ -146,13 +158,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / f"{trainer.graphs.name}-{config.model.conv}-seed{config.train.seed}"
     from ggt_search.model import count_parameters
 
-    print(f"{trainer.graphs.name}: {trainer.graphs.num_graphs} graphs; model {count_parameters(trainer.build_model()):,} parameters on {trainer.device}")
+    print(
+        f"{trainer.graphs.name}: {trainer.graphs.num_graphs} graphs; model "
+        f"{count_parameters(trainer.build_model()):,} parameters on {trainer.device}"
+    )
 
     def show(record):
-        print(f"epoch {record.epoch:3d}  train loss {record.train_loss:.4f}  valid loss {record.valid_loss:.4f}  valid {trainer.graphs.metric} {record.valid_metric:.4f}  ({record.seconds:.1f}s)")
+        print(
+            f"epoch {record.epoch:3d}  train loss {record.train_loss:.4f}  valid loss {record.valid_loss:.4f}  "
+            f"valid {trainer.graphs.metric} {record.valid_metric:.4f}  ({record.seconds:.1f}s)"
+        )
 
     result = trainer.fit(out, on_epoch=show)
-    print(f"best epoch {result.best_epoch}: valid {result.metric} {result.best_valid:.4f}, test {result.metric} {result.test:.4f}")
+    print(
+        f"best epoch {result.best_epoch}: valid {result.metric} {result.best_valid:.4f}, test {result.metric} "
+        f"{result.test:.4f}"
+    )
     print(f"for scale, {TRIVIAL} scores valid {result.trivial['valid']:.4f}, test {result.trivial['test']:.4f}")
     print(f"run directory: {out}")
 
@@ -174,9 +195,18 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.trials is None and args.timeout is None:
         args.trials = 20
     settings = SearchSettings(
-        study=args.study, base=run_config(args).with_overrides(train={"seed": args.seed}), space_file=args.space, trials=args.trials, timeout=args.timeout,
-        sampler=args.sampler, pruner=args.pruner, storage=args.storage, artifacts=args.artifacts, seed=args.seed,
-        workers=args.workers, heartbeat=args.heartbeat,
+        study=args.study,
+        base=run_config(args).with_overrides(train={"seed": args.seed}),
+        space_file=args.space,
+        trials=args.trials,
+        timeout=args.timeout,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        storage=args.storage,
+        artifacts=args.artifacts,
+        seed=args.seed,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
     )
     search(settings)
 
@@ -190,8 +220,14 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from ggt_search.bench import markdown, run_bench, write_report
 
-    report = run_bench(run_config(args), concurrent=args.concurrent, max_graphs=args.max_graphs, baseline=not args.no_baseline,
-                       profile_out=(args.out or Path(".")) if args.profile else None, repeats=args.repeats)
+    report = run_bench(
+        run_config(args),
+        concurrent=args.concurrent,
+        max_graphs=args.max_graphs,
+        baseline=not args.no_baseline,
+        profile_out=(args.out or Path(".")) if args.profile else None,
+        repeats=args.repeats,
+    )
     print(markdown(report))
     if args.out:
         write_report(report, args.out)
@@ -199,17 +235,31 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from ggt_search.pretrain import PretrainSettings, pretrain
-
     from ggt_search.config import DatasetSpec
+    from ggt_search.pretrain import PretrainSettings, pretrain
 
     config = run_config(args)
     names = [n.strip() for n in args.exclude_datasets.split(",") if n.strip()] if args.exclude_datasets else []
-    downstream = [DatasetSpec(n, source=getattr(args, "source", None)) for n in names] or ([config.dataset] if hasattr(args, "dataset") else [])
-    summary = pretrain(PretrainSettings(args.corpus, args.out, config, smiles_column=args.smiles_column_corpus, max_molecules=args.max_molecules,
-                                        mask_rate=args.mask_rate, mask_bonds=args.mask_bonds, downstream=tuple(downstream)))
-    print(f"pre-trained on {summary['corpus']['molecules']:,} molecules ({summary['graphs_per_second']} graphs/s on {summary['device']}); "
-          f"checkpoint: {args.out / 'pretrained.pt'}; fine-tune with --init {args.out / 'pretrained.pt'}")
+    downstream = [DatasetSpec(n, source=getattr(args, "source", None)) for n in names] or (
+        [config.dataset] if hasattr(args, "dataset") else []
+    )
+    summary = pretrain(
+        PretrainSettings(
+            args.corpus,
+            args.out,
+            config,
+            smiles_column=args.smiles_column_corpus,
+            max_molecules=args.max_molecules,
+            mask_rate=args.mask_rate,
+            mask_bonds=args.mask_bonds,
+            downstream=tuple(downstream),
+        )
+    )
+    print(
+        f"pre-trained on {summary['corpus']['molecules']:,} molecules ({summary['graphs_per_second']} graphs/s "
+        f"on {summary['device']}); "
+        f"checkpoint: {args.out / 'pretrained.pt'}; fine-tune with --init {args.out / 'pretrained.pt'}"
+    )
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -218,15 +268,24 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     dataset = dataset_overrides(args) or None
     if args.suite and dataset and "name" in dataset:
         raise UserError("give --suite or --dataset, not both")
-    suite = [{"name": name} | ({"source": args.source} if hasattr(args, "source") else {}) for name in SUITES[args.suite]] if args.suite else None
+    suite = (
+        [{"name": name} | ({"source": args.source} if hasattr(args, "source") else {}) for name in SUITES[args.suite]]
+        if args.suite
+        else None
+    )
     if dataset and "name" not in dataset and not suite:
         raise UserError("--source needs --dataset (or --suite) to say which dataset it builds")
-    ablation = load_ablation(args.file, dataset=dataset if not suite else None, seeds=args.seeds, epochs=args.epochs, datasets=suite)
+    ablation = load_ablation(
+        args.file, dataset=dataset if not suite else None, seeds=args.seeds, epochs=args.epochs, datasets=suite
+    )
     if args.device:
         ablation.base = ablation.base.with_overrides(train={"device": args.device})
     group = args.study or ablation.name
     studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
-    print(f"studies {', '.join(s.study_name for s in studies)} in {args.storage}; report: ggt-search report {group} --storage {args.storage}")
+    print(
+        f"studies {', '.join(s.study_name for s in studies)} in {args.storage}; report: ggt-search report "
+        f"{group} --storage {args.storage}"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -239,16 +298,32 @@ def cmd_report(args: argparse.Namespace) -> None:
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     from ggt_search.config import DEFAULT_STORAGE
 
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"study storage: SQLite file or any SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db (default {DEFAULT_STORAGE})")
-    parser.add_argument("--artifacts", help="folder of the artifact store (best weights); default: beside the SQLite file, else ./artifacts")
+    parser.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help="study storage: SQLite file or any SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db "
+        f"(default {DEFAULT_STORAGE})",
+    )
+    parser.add_argument(
+        "--artifacts",
+        help="folder of the artifact store (best weights); default: beside the SQLite file, else ./artifacts",
+    )
 
 
 def add_worker_flags(parser: argparse.ArgumentParser, what: str, heartbeat: bool = True) -> None:
-    parser.add_argument("--workers", type=at_least(1), default=1,
-                        help=f"{what} at once, in worker processes (spread over GPUs; on a CPU each gets its share of the cores)")
+    parser.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=1,
+        help=f"{what} at once, in worker processes (spread over GPUs; on a CPU each gets its share of the cores)",
+    )
     if heartbeat:
-        parser.add_argument("--heartbeat", type=at_least(1), default=30,
-                            help="seconds between run heartbeats; a run silent for 4x this (its worker was killed) is retried")
+        parser.add_argument(
+            "--heartbeat",
+            type=at_least(1),
+            default=30,
+            help="seconds between run heartbeats; a run silent for 4x this (its worker was killed) is retried",
+        )
 
 
 def add_data_command(commands) -> None:
@@ -276,25 +351,46 @@ def add_evaluate_command(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="train one config over several seeds and print OGB's summary")
     add_config_flags(evaluate)
     evaluate.add_argument("--seeds", default="0-9", help="seed list, e.g. 0-9 (OGB's rule) or 0,1")
-    evaluate.add_argument("--out", type=Path, help="output folder; finished seeds of the same config there are not rerun")
+    evaluate.add_argument(
+        "--out", type=Path, help="output folder; finished seeds of the same config there are not rerun"
+    )
     add_worker_flags(evaluate, "seeds trained", heartbeat=False)
-    evaluate.add_argument("--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)")
-    evaluate.add_argument("--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)")
+    evaluate.add_argument(
+        "--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)"
+    )
+    evaluate.add_argument(
+        "--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
 
 def add_search_command(commands) -> None:
-    search = commands.add_parser("search", help="run or resume an Optuna architecture search",
-                                 description="Each trial samples a config from the space, trains it, reports the validation metric every epoch and may be pruned. The same command resumes the study.")
+    search = commands.add_parser(
+        "search",
+        help="run or resume an Optuna architecture search",
+        description="Each trial samples a config from the space, trains it, reports the validation metric every "
+        "epoch and may be pruned. The same command resumes the study.",
+    )
     search.add_argument("--study", required=True, help="study name (re-use it to resume or add trials)")
-    search.add_argument("--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)")
-    search.add_argument("--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)")
+    search.add_argument(
+        "--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)"
+    )
+    search.add_argument(
+        "--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)"
+    )
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--sampler", choices=("tpe", "random", "grid", "gp", "controlled"), default="tpe",
-                        help="controlled: GraphGym's controlled random search, groups of trials that differ in one design "
-                             "dimension only, for the report's rank analysis")
-    search.add_argument("--pruner", choices=("median", "hyperband", "none"),
-                        help="default: median (none with --sampler controlled, whose groups train to the end)")
+    search.add_argument(
+        "--sampler",
+        choices=("tpe", "random", "grid", "gp", "controlled"),
+        default="tpe",
+        help="controlled: GraphGym's controlled random search, groups of trials that differ in one design "
+        "dimension only, for the report's rank analysis",
+    )
+    search.add_argument(
+        "--pruner",
+        choices=("median", "hyperband", "none"),
+        help="default: median (none with --sampler controlled, whose groups train to the end)",
+    )
     search.add_argument("--seed", type=at_least(0), default=0, help="seeds the sampler and every trial's training")
     add_worker_flags(search, "trials trained")
     add_storage_flags(search)
@@ -303,19 +399,37 @@ def add_search_command(commands) -> None:
 
 
 def add_pretrain_command(commands) -> None:
-    pretrain = commands.add_parser("pretrain", help="self-supervised pre-training (attribute masking) on a SMILES corpus",
-                                   description="Pre-trains the encoders and blocks of the given model config by masked-atom prediction "
-                                               "(and masked-bond prediction, with --mask-bonds). "
-                                               "--dataset names the downstream dataset whose validation and test molecules are removed from the corpus.")
-    pretrain.add_argument("--corpus", type=Path, required=True, help="SMILES file (csv or csv.gz), e.g. ../shared/data/zinc-moses/train.csv.gz")
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="self-supervised pre-training (attribute masking) on a SMILES corpus",
+        description="Pre-trains the encoders and blocks of the given model config by masked-atom prediction "
+        "(and masked-bond prediction, with --mask-bonds). "
+        "--dataset names the downstream dataset whose validation and test molecules are removed from the corpus.",
+    )
+    pretrain.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="SMILES file (csv or csv.gz), e.g. ../shared/data/zinc-moses/train.csv.gz",
+    )
     pretrain.add_argument("--out", type=Path, required=True, help="folder for pretrained.pt and pretrained.json")
-    pretrain.add_argument("--corpus-smiles-column", dest="smiles_column_corpus", help="the corpus's SMILES column (default: 'smiles', any case)")
+    pretrain.add_argument(
+        "--corpus-smiles-column",
+        dest="smiles_column_corpus",
+        help="the corpus's SMILES column (default: 'smiles', any case)",
+    )
     pretrain.add_argument("--max-molecules", type=at_least(2), help="read only the corpus's first N molecules")
     pretrain.add_argument("--mask-rate", type=fraction, default=0.15, help="fraction of atoms masked (default 0.15)")
-    pretrain.add_argument("--mask-bonds", action="store_true",
-                          help="also mask the bonds touching masked atoms and predict their bond type (Hu et al.'s edge masking)")
-    pretrain.add_argument("--exclude-datasets", help="comma-separated downstream datasets (built with --source) whose validation and test "
-                                                     "molecules leave the corpus; default: --dataset, if given")
+    pretrain.add_argument(
+        "--mask-bonds",
+        action="store_true",
+        help="also mask the bonds touching masked atoms and predict their bond type (Hu et al.'s edge masking)",
+    )
+    pretrain.add_argument(
+        "--exclude-datasets",
+        help="comma-separated downstream datasets (built with --source) whose validation and test "
+        "molecules leave the corpus; default: --dataset, if given",
+    )
     add_config_flags(pretrain)
     pretrain.set_defaults(func=cmd_pretrain)
 
@@ -335,8 +449,12 @@ def add_ablate_command(commands) -> None:
     ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
     ablate.add_argument("--epochs", type=at_least(1), help="override the file's epoch budget")
     ablate.add_argument("--device", help="training device (default auto)")
-    ablate.add_argument("--suite", choices=("cpu", "gpu"), help="run on a packaged dataset suite instead of the file's datasets: "
-                                                              "cpu = bbbp, clintox, tox21, esol, freesolv (build offline with --source); gpu = hiv, pcba")
+    ablate.add_argument(
+        "--suite",
+        choices=("cpu", "gpu"),
+        help="run on a packaged dataset suite instead of the file's datasets: "
+        "cpu = bbbp, clintox, tox21, esol, freesolv (build offline with --source); gpu = hiv, pcba",
+    )
     add_worker_flags(ablate, "runs trained")
     add_storage_flags(ablate)
     add_dataset_flags(ablate)
@@ -352,24 +470,54 @@ def add_report_command(commands) -> None:
 
 
 def add_bench_command(commands) -> None:
-    bench = commands.add_parser("bench", help="training throughput: device-resident batches vs PyG DataLoader",
-                                description="Times one training epoch (after warm-up) of the given model on the given dataset, by both data paths, plus dataset/PE cache build times. Example: ggt-search bench --dataset ogbg-molhiv --source ../shared/data/moleculenet")
+    bench = commands.add_parser(
+        "bench",
+        help="training throughput: device-resident batches vs PyG DataLoader",
+        description="Times one training epoch (after warm-up) of the given model on the given dataset, by both "
+        "data paths, plus dataset/PE cache build times. "
+        "Example: ggt-search bench --dataset ogbg-molhiv --source ../shared/data/moleculenet",
+    )
     add_config_flags(bench)
-    bench.add_argument("--concurrent", type=at_least(1), default=1, help="also run K trainings at once on the device and report total graphs/s")
+    bench.add_argument(
+        "--concurrent",
+        type=at_least(1),
+        default=1,
+        help="also run K trainings at once on the device and report total graphs/s",
+    )
     bench.add_argument("--max-graphs", type=at_least(2), help="time only this many training graphs (for slow CPUs)")
     bench.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
-    bench.add_argument("--repeats", type=at_least(1), default=3, help="timed epochs per path, taking turns; the fastest counts (default 3)")
-    bench.add_argument("--profile", action="store_true", help="also profile 20 steps: wall vs device time per step, launches, syncs (profile.txt)")
+    bench.add_argument(
+        "--repeats",
+        type=at_least(1),
+        default=3,
+        help="timed epochs per path, taking turns; the fastest counts (default 3)",
+    )
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 20 steps: wall vs device time per step, launches, syncs (profile.txt)",
+    )
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
 
 
-COMMANDS = (add_data_command, add_train_command, add_evaluate_command, add_search_command, add_dashboard_command,
-            add_ablate_command, add_report_command, add_bench_command, add_pretrain_command)
+COMMANDS = (
+    add_data_command,
+    add_train_command,
+    add_evaluate_command,
+    add_search_command,
+    add_dashboard_command,
+    add_ablate_command,
+    add_report_command,
+    add_bench_command,
+    add_pretrain_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules.")
+    parser = Parser(
+        prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)

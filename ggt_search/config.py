@@ -158,13 +158,21 @@ class ModelConfig:
 
     def __post_init__(self):
         check_fields(self, "model")
-        check_at_least(self, "model", {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0, "attention_rank": 1, "attention_heads": 1})
+        check_at_least(
+            self,
+            "model",
+            {"layers": 1, "hidden": 1, "ffn_ratio": 1, "pe_dim": 0, "attention_rank": 1, "attention_heads": 1},
+        )
         if not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.conv == "mlp" and (self.aggregation != "gated" or self.message_norm or self.graph_size_norm):
-            raise UserError("model.aggregation, message_norm and graph_size_norm act on message passing; conv 'mlp' has none")
+            raise UserError(
+                "model.aggregation, message_norm and graph_size_norm act on message passing; conv 'mlp' has none"
+            )
         if self.global_attention == "transformer" and self.hidden % self.attention_heads:
-            raise UserError(f"model.hidden ({self.hidden}) must be divisible by model.attention_heads ({self.attention_heads})")
+            raise UserError(
+                f"model.hidden ({self.hidden}) must be divisible by model.attention_heads ({self.attention_heads})"
+            )
 
 
 @dataclass
@@ -209,7 +217,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
+    def from_dict(cls, values: dict) -> RunConfig:
         unknown = set(values) - {"dataset", "model", "train"}
         if unknown:
             raise UserError(f"unknown config section(s) {sorted(unknown)}; sections are dataset, model, train")
@@ -221,7 +229,7 @@ class RunConfig:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(read_yaml_mapping(Path(path), "config", "with sections dataset, model, train"))
 
     def to_dict(self) -> dict:
@@ -230,7 +238,9 @@ class RunConfig:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
-    def with_overrides(self, dataset: dict | None = None, model: dict | None = None, train: dict | None = None) -> "RunConfig":
+    def with_overrides(
+        self, dataset: dict | None = None, model: dict | None = None, train: dict | None = None
+    ) -> RunConfig:
         merged = self.to_dict()
         for section, values in (("dataset", dataset), ("model", model), ("train", train)):
             merged[section].update(values or {})
@@ -243,7 +253,9 @@ def config_difference(wanted: RunConfig, stored: RunConfig) -> tuple[str, object
     wanted_values, stored_values = wanted.to_dict(), stored.to_dict()
     for section in wanted_values:
         for key in sorted(set(wanted_values[section]) | set(stored_values[section])):
-            if (section, key) != ("train", "device") and wanted_values[section].get(key) != stored_values[section].get(key):
+            if (section, key) != ("train", "device") and wanted_values[section].get(key) != stored_values[section].get(
+                key
+            ):
                 return f"{section}.{key}", stored_values[section].get(key), wanted_values[section].get(key)
     return None
 

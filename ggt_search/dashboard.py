@@ -31,4 +31,6 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise UserError(f"cannot serve on {host}:{port} ({error.strerror}); pick another port with --port") from None
+            raise UserError(
+                f"cannot serve on {host}:{port} ({error.strerror}); pick another port with --port"
+            ) from None

@@ -34,13 +34,16 @@ def held_out_smiles(spec: DatasetSpec) -> set[str]:
     smiles = source.smiles(source.resolve())
     graphs = _load(source)
     if len(smiles) != graphs.num_graphs:
-        raise UserError(f"cannot align {spec.name}'s SMILES with its graphs ({len(smiles)} vs {graphs.num_graphs}); "
-                        "rebuild it with --rebuild")
+        raise UserError(
+            f"cannot align {spec.name}'s SMILES with its graphs ({len(smiles)} vs {graphs.num_graphs}); "
+            "rebuild it with --rebuild"
+        )
     return {smiles[i] for split in ("valid", "test") for i in graphs.split[split].tolist()}
 
 
-def load_corpus(path: Path, smiles_column: str | None, max_molecules: int | None,
-                exclude: set[str]) -> tuple[GraphSet, int]:
+def load_corpus(
+    path: Path, smiles_column: str | None, max_molecules: int | None, exclude: set[str]
+) -> tuple[GraphSet, int]:
     """An unlabeled SMILES file as a GraphSet (every molecule in "train"), without the `exclude`d
     molecules; (graphs, how many were excluded)."""
     corpus = Corpus(path, smiles_column, max_molecules, exclude)

@@ -17,8 +17,8 @@ import yaml
 from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
 from ggt_search.metrics import TRIVIAL
-from ggt_search.workers import run_workers
 from ggt_search.train import Trainer, environment, resolve_device
+from ggt_search.workers import run_workers
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -72,7 +72,10 @@ def _check_same_config(run_dir: Path, config: RunConfig, seed: int) -> None:
     difference = config_difference(config.with_overrides(train={"seed": seed}), RunConfig.load(run_dir / "config.yaml"))
     if difference:
         field, stored, wanted = difference
-        raise UserError(f"{run_dir} was trained with {field} = {stored!r}, not {wanted!r}; pass another --out, or delete that folder to retrain")
+        raise UserError(
+            f"{run_dir} was trained with {field} = {stored!r}, not {wanted!r}; pass another --out, or delete "
+            "that folder to retrain"
+        )
 
 
 def _train_seeds(job: tuple, worker: int, device: str) -> None:
@@ -84,7 +87,10 @@ def _train_seeds(job: tuple, worker: int, device: str) -> None:
         trainer = trainer or Trainer(seeded)
         trainer.config = seeded
         result = trainer.fit(out / f"seed-{seed}")
-        print(f"seed {seed}: valid {result.best_valid:.4f}  test {result.test:.4f}  (best epoch {result.best_epoch})", flush=True)
+        print(
+            f"seed {seed}: valid {result.best_valid:.4f}  test {result.test:.4f}  (best epoch {result.best_epoch})",
+            flush=True,
+        )
 
 
 def summarise(config: RunConfig, results: dict[int, dict], hardware: str) -> dict:
@@ -98,7 +104,10 @@ def summarise(config: RunConfig, results: dict[int, dict], hardware: str) -> dic
         "test": {"mean": test_mean, "std": test_std},
         "valid": {"mean": valid_mean, "std": valid_std},
         "parameters": first["parameters"],
-        "per_seed": {seed: {"valid": r["best_valid"], "test": r["test"], "best_epoch": r["best_epoch"]} for seed, r in results.items()},
+        "per_seed": {
+            seed: {"valid": r["best_valid"], "test": r["test"], "best_epoch": r["best_epoch"]}
+            for seed, r in results.items()
+        },
         "hardware": hardware,
         "trivial": first["trivial"],
         "config": config.to_dict(),
@@ -115,7 +124,8 @@ def summary_markdown(summary: dict) -> str:
         f"| test | {summary['test']['mean']:.4f} | {summary['test']['std']:.4f} |",
         f"| validation | {summary['valid']['mean']:.4f} | {summary['valid']['std']:.4f} |",
         "",
-        f"For scale, {TRIVIAL} scores {summary['trivial']['test']:.4f} on test and {summary['trivial']['valid']:.4f} on validation.",
+        f"For scale, {TRIVIAL} scores {summary['trivial']['test']:.4f} on test and "
+        f"{summary['trivial']['valid']:.4f} on validation.",
         "",
         f"Parameters: {summary['parameters']:,}. Hardware: {summary['hardware']}.",
         "",

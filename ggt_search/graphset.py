@@ -44,17 +44,30 @@ class GraphSet:
     pe: torch.Tensor | None = field(default=None, repr=False)  # [N, k] after load_pe
 
     @classmethod
-    def from_molecules(cls, molecules: list[MolGraph], *, name: str, task_type: str, metric: str,
-                       task_names: list[str], y: torch.Tensor, split: dict[str, torch.Tensor]) -> GraphSet:
+    def from_molecules(
+        cls,
+        molecules: list[MolGraph],
+        *,
+        name: str,
+        task_type: str,
+        metric: str,
+        task_names: list[str],
+        y: torch.Tensor,
+        split: dict[str, torch.Tensor],
+    ) -> GraphSet:
         """Featurized molecules (`molecules.featurize`), concatenated in order, with their labels and split."""
         return cls(
-            name=name, task_type=task_type, metric=metric, task_names=task_names,
+            name=name,
+            task_type=task_type,
+            metric=metric,
+            task_names=task_names,
             atoms=torch.from_numpy(np.concatenate([g.atoms for g in molecules])),
             bonds=torch.from_numpy(np.concatenate([g.bonds for g in molecules])),
             edges=torch.from_numpy(np.concatenate([g.edges for g in molecules], axis=1)),
             node_ptr=counts_to_ptr(torch.tensor([len(g.atoms) for g in molecules])),
             edge_ptr=counts_to_ptr(torch.tensor([g.edges.shape[1] for g in molecules])),
-            y=y, split=split,
+            y=y,
+            split=split,
         )
 
     def stored(self) -> dict:
@@ -91,11 +104,20 @@ class GraphSet:
         path = self.cache_dir / f"cycles-{CYCLE_LENGTHS[0]}-{CYCLE_LENGTHS[-1]}.pt" if self.cache_dir else None
         counts = load_verified(path) if path is not None else None
         if counts is None:
-            per_graph = parallel_map(cycle_counts, [(self.edges[:, self.edge_ptr[g]:self.edge_ptr[g + 1]].T.numpy(),
-                                                     int(self.node_ptr[g + 1] - self.node_ptr[g]))
-                                                    for g in range(self.num_graphs)])
-            counts = {"atoms": torch.from_numpy(np.concatenate([a for a, _ in per_graph])),
-                      "bonds": torch.from_numpy(np.concatenate([b for _, b in per_graph]))}
+            per_graph = parallel_map(
+                cycle_counts,
+                [
+                    (
+                        self.edges[:, self.edge_ptr[g] : self.edge_ptr[g + 1]].T.numpy(),
+                        int(self.node_ptr[g + 1] - self.node_ptr[g]),
+                    )
+                    for g in range(self.num_graphs)
+                ],
+            )
+            counts = {
+                "atoms": torch.from_numpy(np.concatenate([a for a, _ in per_graph])),
+                "bonds": torch.from_numpy(np.concatenate([b for _, b in per_graph])),
+            }
             if path is not None:
                 save_verified(counts, path)
         return counts["atoms"], counts["bonds"]
@@ -109,10 +131,19 @@ class GraphSet:
         position[graphs] = torch.arange(len(graphs))
         split = {name: position[idx][position[idx] >= 0].sort().values for name, idx in self.split.items()}
         return GraphSet(
-            self.name, self.task_type, self.metric, self.task_names,
-            self.atoms[nodes], self.bonds[edges], self.edges[:, edges],
-            counts_to_ptr(self.num_nodes()[graphs]), counts_to_ptr(self.num_edges()[graphs]),
-            self.y[graphs], split, self.checksum, None,
+            self.name,
+            self.task_type,
+            self.metric,
+            self.task_names,
+            self.atoms[nodes],
+            self.bonds[edges],
+            self.edges[:, edges],
+            counts_to_ptr(self.num_nodes()[graphs]),
+            counts_to_ptr(self.num_edges()[graphs]),
+            self.y[graphs],
+            split,
+            self.checksum,
+            None,
             None if self.pe is None else self.pe[nodes],
         )
 
@@ -126,15 +157,18 @@ class GraphSet:
             "metric": self.metric,
             "label_coverage": round(float(labelled.float().mean()), 4),
             "split": {name: len(idx) for name, idx in self.split.items()},
-            "atoms_per_graph": {"mean": round(float(self.num_nodes().float().mean()), 2),
-                                "max": int(self.num_nodes().max())},
-            "bonds_per_graph": {"mean": round(float(self.num_edges().float().mean()) / 2, 2),
-                                "max": int(self.num_edges().max()) // 2},
+            "atoms_per_graph": {
+                "mean": round(float(self.num_nodes().float().mean()), 2),
+                "max": int(self.num_nodes().max()),
+            },
+            "bonds_per_graph": {
+                "mean": round(float(self.num_edges().float().mean()) / 2, 2),
+                "max": int(self.num_edges().max()) // 2,
+            },
         }
         if self.task_type == "classification":
             info["positives"] = int(torch.nansum(self.y))
         return info
-
 
 
 def cache_root() -> Path:

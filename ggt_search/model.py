@@ -106,8 +106,9 @@ class FeedForward(nn.Sequential):
 
 AGGREGATIONS = {  # "gated": the convolution's own rule (the gated or the plain mean), no NeighbourAggregation
     "gated": None,
-    "pna": lambda dim, histogram: DegreeScalerAggregation(["mean", "min", "max", "std"],
-                                                          ["identity", "amplification", "attenuation"], histogram),
+    "pna": lambda dim, histogram: DegreeScalerAggregation(
+        ["mean", "min", "max", "std"], ["identity", "amplification", "attenuation"], histogram
+    ),
     "softmax": lambda dim, _: SoftmaxAggregation(t=1.0, learn=True, channels=dim),
     "powermean": lambda dim, _: PowerMeanAggregation(p=1.0, learn=True, channels=dim),
 }
@@ -269,8 +270,12 @@ class LowRankGlobalAttention(nn.Module):
         U, V, Z, T = torch.relu(self.project(x)).chunk(4, dim=-1)
         VZ = scatter(V.unsqueeze(2) * Z.unsqueeze(1), rows.index, 0, rows.count, reduce="sum")  # [graphs, k, k]
         n = graph_sizes(rows).clamp(min=1)
-        eta = (scatter(U, rows.index, 0, rows.count, reduce="sum") * scatter(V, rows.index, 0, rows.count, reduce="sum")).sum(-1) / n + self.eps
-        attended = torch.einsum("nk,nkl->nl", U, VZ.index_select(0, rows.index)) / eta.index_select(0, rows.index).unsqueeze(1)
+        eta = (
+            scatter(U, rows.index, 0, rows.count, reduce="sum") * scatter(V, rows.index, 0, rows.count, reduce="sum")
+        ).sum(-1) / n + self.eps
+        attended = torch.einsum("nk,nkl->nl", U, VZ.index_select(0, rows.index)) / eta.index_select(
+            0, rows.index
+        ).unsqueeze(1)
         return self.out(self.dropout(torch.cat([attended, T], dim=-1)))
 
 
@@ -297,11 +302,14 @@ class GraphSelfAttention(nn.Module):
         discard = rows.count * width
         slot = torch.where(real, rows.index * width + position, discard)  # where each row sits in the dense layout
         dense = x.new_zeros(discard + 1, d).index_add(0, slot, x)[:-1].view(rows.count, width, d)
-        occupied = x.new_zeros(discard + 1).index_add(0, slot, torch.ones_like(x[:, 0]))[:-1].view(rows.count, width) > 0
+        occupied = (
+            x.new_zeros(discard + 1).index_add(0, slot, torch.ones_like(x[:, 0]))[:-1].view(rows.count, width) > 0
+        )
         occupied[:, 0] = True  # an empty graph slot still attends somewhere (to zeros), never to nothing (NaN)
         q, k, v = self.qkv(dense).view(rows.count, width, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=occupied[:, None, None, :],
-                                                  dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=occupied[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
         flat = torch.cat([attended.transpose(1, 2).reshape(discard, d), x.new_zeros(1, d)])
         return self.out(flat.index_select(0, slot))
 
@@ -383,10 +391,16 @@ class Block(nn.Module):
             if self.conv.updates_edges:
                 e = self.sublayer_output(e, e_mp, self.norm_mp_e, edges)
         if self.attention is not None:  # h = h + Attention(Norm(h)), among all nodes of each graph
-            h = self.sublayer_output(h, self.attention(self.sublayer_input(h, self.norm_attention, nodes), batch), self.norm_attention, nodes)
+            h = self.sublayer_output(
+                h, self.attention(self.sublayer_input(h, self.norm_attention, nodes), batch), self.norm_attention, nodes
+            )
         if self.ffn_h is not None:  # h = h + FFN_h(Norm(h));  e = e + FFN_e(Norm(e))
-            h = self.sublayer_output(h, self.ffn_h(self.sublayer_input(h, self.norm_ffn_h, nodes)), self.norm_ffn_h, nodes)
-            e = self.sublayer_output(e, self.ffn_e(self.sublayer_input(e, self.norm_ffn_e, edges)), self.norm_ffn_e, edges)
+            h = self.sublayer_output(
+                h, self.ffn_h(self.sublayer_input(h, self.norm_ffn_h, nodes)), self.norm_ffn_h, nodes
+            )
+            e = self.sublayer_output(
+                e, self.ffn_e(self.sublayer_input(e, self.norm_ffn_e, edges)), self.norm_ffn_e, edges
+            )
         return h, e
 
     def sublayer_input(self, x: torch.Tensor, norm: Norm, rows: Segments) -> torch.Tensor:
@@ -398,8 +412,13 @@ class Block(nn.Module):
 
 
 class GatedGraphTransformer(nn.Module):
-    def __init__(self, config: ModelConfig, num_tasks: int, degree_histogram: torch.Tensor | None = None,
-                 cycle_maxima: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_tasks: int,
+        degree_histogram: torch.Tensor | None = None,
+        cycle_maxima: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         super().__init__()
         if config.aggregation == "pna" and degree_histogram is None:
             raise ValueError("PNA aggregation needs the training set's in-degree histogram")
@@ -441,8 +460,14 @@ class GatedGraphTransformer(nn.Module):
         pooled = torch.cat([self.pool(h, batch.nodes), self.pool(e, batch.edges)], -1)
         return self.readout(pooled[: batch.num_graphs])
 
-    def encode(self, batch: Batch, hidden_atoms: torch.Tensor | None = None, atom_token: torch.Tensor | None = None,
-               hidden_bonds: torch.Tensor | None = None, bond_token: torch.Tensor | None = None):
+    def encode(
+        self,
+        batch: Batch,
+        hidden_atoms: torch.Tensor | None = None,
+        atom_token: torch.Tensor | None = None,
+        hidden_bonds: torch.Tensor | None = None,
+        bond_token: torch.Tensor | None = None,
+    ):
         """Final node and edge states (h, e). Pre-training passes boolean row masks of hidden
         atoms (and bonds) with learned tokens: those rows enter as the token, their features unseen."""
         c = self.config
@@ -487,4 +512,5 @@ def training_cycle_maxima(graphs) -> tuple[torch.Tensor, torch.Tensor]:
 
     def most(counts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # a row of zeros: a bond-free split clamps to 0
         return torch.cat([counts[rows], counts.new_zeros(1, counts.shape[1])]).amax(0)
+
     return most(atoms, ranges(graphs.node_ptr, train)), most(bonds, ranges(graphs.edge_ptr, train))

@@ -25,10 +25,7 @@ RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with row 
 # Everything RDKit's full sanitization does except the valence check. A few molecules of
 # ogbg-molhiv (hypervalent metal complexes) fail that check in current RDKit but were part of
 # OGB's dataset, built with an older RDKit; parsed this way they featurize normally.
-_PARTIAL_SANITIZE = (
-    Chem.SanitizeFlags.SANITIZE_ALL
-    ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
-)
+_PARTIAL_SANITIZE = Chem.SanitizeFlags.SANITIZE_ALL ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
 
 
 @dataclass

@@ -47,7 +47,9 @@ def _eigenvectors_of_same_size(edges, edge_ptr, graphs, n: int, k: int) -> torch
     src, dst = edges[:, group_edges]
     adjacency[slot, src, dst] = 1.0
     inv_sqrt_degree = adjacency.sum(-1).clamp(min=1).rsqrt()
-    laplacian = torch.eye(n, dtype=torch.float64) - inv_sqrt_degree[:, :, None] * adjacency * inv_sqrt_degree[:, None, :]
+    laplacian = (
+        torch.eye(n, dtype=torch.float64) - inv_sqrt_degree[:, :, None] * adjacency * inv_sqrt_degree[:, None, :]
+    )
 
     eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
     num_trivial = (eigenvalues.abs() < ZERO_EIGENVALUE).sum(-1, keepdim=True)  # [g, 1]

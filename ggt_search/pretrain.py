@@ -112,7 +112,9 @@ def pretrain(settings: PretrainSettings) -> dict:
     corpus, removed = load_corpus(settings.corpus, settings.smiles_column, settings.max_molecules, exclude)
     names = ", ".join(spec.name for spec in settings.downstream)
     if settings.downstream:
-        print(f"leakage guard: removed {removed} corpus molecule(s) that are in the validation or test split of {names}")
+        print(
+            f"leakage guard: removed {removed} corpus molecule(s) that are in the validation or test split of {names}"
+        )
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
@@ -124,8 +126,9 @@ def pretrain(settings: PretrainSettings) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     curve, start = [], time.perf_counter()
     for epoch in range(1, cfg.train.epochs + 1):
-        batches = data.batches(data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle,
-                               padded=cfg.train.padded)
+        batches = data.batches(
+            data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle, padded=cfg.train.padded
+        )
         curve.append(train_steps(step, batches))
         if not math.isfinite(curve[-1]):
             raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")
@@ -133,15 +136,22 @@ def pretrain(settings: PretrainSettings) -> dict:
     seconds = time.perf_counter() - start
     summary = {
         "objective": f"attribute masking (the element of {settings.mask_rate:.0%} of atoms"
-                     f"{', and the type of the bonds touching them' if settings.mask_bonds else ''})",
-        "corpus": {"path": str(settings.corpus), "sha256": corpus.checksum, "molecules": corpus.num_graphs, "removed_for_leakage": removed,
-                   "downstream": names or None},
+        f"{', and the type of the bonds touching them' if settings.mask_bonds else ''})",
+        "corpus": {
+            "path": str(settings.corpus),
+            "sha256": corpus.checksum,
+            "molecules": corpus.num_graphs,
+            "removed_for_leakage": removed,
+            "downstream": names or None,
+        },
         "loss_curve": curve,
         "graphs_per_second": round(cfg.train.epochs * corpus.num_graphs / seconds, 1),
         "device": str(device),
     }
     settings.out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("readout.")}  # the task head is always fresh
+    state = {
+        k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("readout.")
+    }  # the task head is always fresh
     torch.save({"model_config": asdict(cfg.model), "state": state} | summary, settings.out / "pretrained.pt")
     (settings.out / "pretrained.json").write_text(json.dumps(summary | {"model_config": asdict(cfg.model)}, indent=2))
     return summary

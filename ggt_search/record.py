@@ -50,7 +50,7 @@ class TrialRecord:
             trial.set_user_attr(name, value)
 
     @classmethod
-    def of(cls, trial: optuna.trial.FrozenTrial) -> "TrialRecord":
+    def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in trial.user_attrs.items() if k in known})
 
@@ -72,11 +72,19 @@ class StudyRecord:
     ablation: dict | None = None  # ablation: name, idea, question, baseline config, variants, seeds, effect
 
     @classmethod
-    def new(cls, kind: str, spec: DatasetSpec, graphs: GraphSet, epochs: int, **kind_fields) -> "StudyRecord":
+    def new(cls, kind: str, spec: DatasetSpec, graphs: GraphSet, epochs: int, **kind_fields) -> StudyRecord:
         """The record of a study of `kind` on the dataset `spec` loads as `graphs`, run by this command line."""
-        return cls(kind=kind, dataset=spec.to_dict(), summary=graphs.summary(), checksum=graphs.checksum,
-                   metric=graphs.metric, direction=study_direction(graphs.metric),
-                   epochs=epochs, command=" ".join(["ggt-search", *sys.argv[1:]]), **kind_fields)
+        return cls(
+            kind=kind,
+            dataset=spec.to_dict(),
+            summary=graphs.summary(),
+            checksum=graphs.checksum,
+            metric=graphs.metric,
+            direction=study_direction(graphs.metric),
+            epochs=epochs,
+            command=" ".join(["ggt-search", *sys.argv[1:]]),
+            **kind_fields,
+        )
 
     @property
     def objective(self) -> str:
@@ -91,7 +99,7 @@ class StudyRecord:
                 study.set_user_attr(name, value)
 
     @classmethod
-    def of(cls, study: optuna.Study | optuna.study.StudySummary) -> "StudyRecord":
+    def of(cls, study: optuna.Study | optuna.study.StudySummary) -> StudyRecord:
         known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in _upgraded(study.user_attrs).items() if k in known})
         if record.direction is None and len(study.directions) == 1:  # another tool's study may have several
@@ -109,5 +117,10 @@ def _upgraded(attrs: dict) -> dict:
     summary = dict(attrs["dataset"])
     checksum = summary.pop("checksum", None)
     baseline = attrs["ablation"]["baseline"]
-    return attrs | {"dataset": baseline["dataset"], "summary": summary, "checksum": checksum,
-                    "metric": summary["metric"], "epochs": baseline["train"]["epochs"]}
+    return attrs | {
+        "dataset": baseline["dataset"],
+        "summary": summary,
+        "checksum": checksum,
+        "metric": summary["metric"],
+        "epochs": baseline["train"]["epochs"],
+    }

@@ -41,7 +41,9 @@ def load_space(path: str | Path | None = None) -> dict:
 def _check_entry(path: Path, key: str, spec, earlier: list[str]) -> None:
     section, _, name = str(key).partition(".")
     if section not in SECTIONS or name not in SECTIONS[section]:
-        raise UserError(f"search space {path}: unknown key {key!r}; use model.<field> or train.<field> of the run config")
+        raise UserError(
+            f"search space {path}: unknown key {key!r}; use model.<field> or train.<field> of the run config"
+        )
     if not isinstance(spec, dict):
         return  # a fixed value
     kinds = [k for k in KINDS if k in spec]
@@ -55,13 +57,17 @@ def _check_entry(path: Path, key: str, spec, earlier: list[str]) -> None:
         raise UserError(f"search space {path}: {key}.choices must be a non-empty list")
     if kinds[0] in ("int", "float"):
         number = int if kinds[0] == "int" else (int, float)
-        numbers = isinstance(bounds, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in [*bounds, spec.get("step", 1)])
+        numbers = isinstance(bounds, list) and all(
+            isinstance(v, number) and not isinstance(v, bool) for v in [*bounds, spec.get("step", 1)]
+        )
         if not numbers or len(bounds) != 2 or bounds[0] > bounds[1]:
             what = "integers" if kinds[0] == "int" else "numbers"
-            raise UserError(f"search space {path}: {key}.{kinds[0]} must be [low, high], {what} with low <= high, got {bounds!r}")
+            raise UserError(
+                f"search space {path}: {key}.{kinds[0]} must be [low, high], {what} with low <= high, got {bounds!r}"
+            )
         if spec.get("log") and bounds[0] <= 0:
             raise UserError(f"search space {path}: {key} is log-scaled, so its low bound must be > 0, got {bounds[0]}")
-    for condition in (spec.get("when") or {}):
+    for condition in spec.get("when") or {}:
         if condition not in earlier:
             raise UserError(f"search space {path}: {key}.when refers to {condition!r}, which is not an earlier key")
 
@@ -112,5 +118,7 @@ def grid(space: dict) -> dict[str, list]:
     searched = {k: v for k, v in space.items() if isinstance(v, dict)}
     continuous = [k for k, v in searched.items() if "choices" not in v]
     if continuous:
-        raise UserError(f"--sampler grid needs categorical parameters only; {', '.join(continuous)} are ranges (use choices: [...])")
+        raise UserError(
+            f"--sampler grid needs categorical parameters only; {', '.join(continuous)} are ranges (use choices: [...])"
+        )
     return {k: v["choices"] for k, v in searched.items()}

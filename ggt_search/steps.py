@@ -16,8 +16,8 @@ changes what is trained: the eager warm-up steps a capture needs are undone (`un
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,8 +33,9 @@ Loss = Callable[[Callable, object], torch.Tensor]  # loss(forward, batch): a sca
 
 def check_device(train: TrainConfig, device: torch.device) -> None:
     if train.cuda_graphs and device.type != "cuda":
-        raise UserError(f"train.cuda_graphs needs a CUDA device, not {device}; drop --cuda-graphs "
-                        "(or set train.cuda_graphs: false)")
+        raise UserError(
+            f"train.cuda_graphs needs a CUDA device, not {device}; drop --cuda-graphs (or set train.cuda_graphs: false)"
+        )
 
 
 def autocast(train: TrainConfig, device: torch.device):
@@ -42,8 +43,11 @@ def autocast(train: TrainConfig, device: torch.device):
     if train.precision == "fp32" or device.type != "cuda":
         return nullcontext()
     # A captured graph must not depend on autocast's cache of cast weights.
-    return torch.autocast("cuda", dtype=torch.bfloat16 if train.precision == "bf16" else torch.float16,
-                          cache_enabled=not train.cuda_graphs)
+    return torch.autocast(
+        "cuda",
+        dtype=torch.bfloat16 if train.precision == "bf16" else torch.float16,
+        cache_enabled=not train.cuda_graphs,
+    )
 
 
 def make_step(module: nn.Module, loss: Loss, train: TrainConfig, device: torch.device) -> TrainStep:
@@ -76,14 +80,24 @@ class TrainStep:
     same object either way.
     """
 
-    def __init__(self, module: nn.Module, loss: Loss, train: TrainConfig, device: torch.device,
-                 lr: float | torch.Tensor | None = None, compiled: bool = False, **adam):
+    def __init__(
+        self,
+        module: nn.Module,
+        loss: Loss,
+        train: TrainConfig,
+        device: torch.device,
+        lr: float | torch.Tensor | None = None,
+        compiled: bool = False,
+        **adam,
+    ):
         self.module, self.loss, self.train, self.device = module, loss, train, device
         # fullgraph: a graph break would mean a host sync or a Python fallback inside the step.
-        self.forward = (torch.compile(module, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled
-                        else module)
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=train.lr if lr is None else lr,
-                                          weight_decay=train.weight_decay, **adam)
+        self.forward = (
+            torch.compile(module, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False) if compiled else module
+        )
+        self.optimizer = torch.optim.Adam(
+            module.parameters(), lr=train.lr if lr is None else lr, weight_decay=train.weight_decay, **adam
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16" and device.type == "cuda")
 
     def batch_loss(self, batch) -> torch.Tensor:
@@ -111,8 +125,15 @@ class CUDAGraphStep(TrainStep):
     """
 
     def __init__(self, module: nn.Module, loss: Loss, train: TrainConfig, device: torch.device):
-        super().__init__(module, loss, train, device, lr=torch.tensor(train.lr, device=device), compiled=train.compile,
-                         capturable=True)
+        super().__init__(
+            module,
+            loss,
+            train,
+            device,
+            lr=torch.tensor(train.lr, device=device),
+            compiled=train.compile,
+            capturable=True,
+        )
         self.captured: dict[tuple, tuple[torch.cuda.CUDAGraph, object, torch.Tensor]] = {}
 
     def __call__(self, batch) -> torch.Tensor:

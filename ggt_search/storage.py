@@ -32,7 +32,8 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def artifact_dir(url: str, artifacts: str | None = None) -> Path:
-    """The artifact store's folder (a search's best weights): `artifacts`, else beside the SQLite file, else ./artifacts."""
+    """The artifact store's folder (a '
+    'search's best weights): `artifacts`, else beside the SQLite file, else ./artifacts."""
     if artifacts:
         return Path(artifacts)
     return sqlite_path(url).parent / "artifacts" if sqlite_path(url) is not None else Path("artifacts")
@@ -45,14 +46,18 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
     of them is stale, and failing it queues a retry with the same parameters (twice at most).
     """
     if "://" not in url:
-        raise UserError(f"storage {url!r} is not a database URL; "
-                        f"use sqlite:///file.db or postgresql+psycopg2://user@host/db")
+        raise UserError(
+            f"storage {url!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
+        )
     if must_exist and sqlite_path(url) is not None and not sqlite_path(url).is_file():
         raise UserError(f"no study storage at {url} (no file {sqlite_path(url)}); check --storage")
     kwargs = {}
     if heartbeat:
-        kwargs = dict(heartbeat_interval=heartbeat, grace_period=MISSED_BEATS * heartbeat,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        kwargs = dict(
+            heartbeat_interval=heartbeat,
+            grace_period=MISSED_BEATS * heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):
         try:
@@ -66,8 +71,9 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
             time.sleep(1 + attempt)
 
 
-def create_or_load_study(name: str, url: str, heartbeat: int, direction: str,
-                         **settings) -> tuple[optuna.Study, RDBStorage]:
+def create_or_load_study(
+    name: str, url: str, heartbeat: int, direction: str, **settings
+) -> tuple[optuna.Study, RDBStorage]:
     """(study, storage): the study `name` at `url`, created on first use with `direction` and
     Optuna's `settings` (sampler, pruner). Its StudyRecord is the caller's to check and write."""
     storage = open_storage(url, heartbeat)
@@ -85,7 +91,9 @@ def load_existing_study(name: str, url: str) -> optuna.Study:
         raise UserError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
 
 
-def heartbeat_ages(study: optuna.Study, storage: RDBStorage, trials: list[optuna.trial.FrozenTrial]) -> dict[int, float]:
+def heartbeat_ages(
+    study: optuna.Study, storage: RDBStorage, trials: list[optuna.trial.FrozenTrial]
+) -> dict[int, float]:
     """Seconds since each trial's last heartbeat, by trial number (trials that never beat are absent).
 
     The one use of Optuna's internals: Optuna keeps heartbeats in a table of its own and has

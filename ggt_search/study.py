@@ -49,13 +49,16 @@ class SearchSettings:
 
     def __post_init__(self):
         if self.sampler == "controlled" and self.pruner not in (None, "none"):
-            raise UserError(f"--sampler controlled ranks choices trained to the end; --pruner {self.pruner} would stop some early. "
-                            f"Leave out --pruner (or pass --pruner none)")
+            raise UserError(
+                f"--sampler controlled ranks choices trained to the end; --pruner {self.pruner} would stop some early. "
+                f"Leave out --pruner (or pass --pruner none)"
+            )
         if self.pruner is None:
             self.pruner = "none" if self.sampler == "controlled" else "median"
 
     def artifact_dir(self) -> Path:
         return artifact_dir(self.storage, self.artifacts)
+
 
 def make_sampler(name: str, seed: int, space: dict) -> optuna.samplers.BaseSampler:
     if name == "tpe":
@@ -81,16 +84,28 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> StudyRecord:
     """What defines this search: its dataset, metric and direction, budget, space, sampler and pruner."""
-    return StudyRecord.new("search", settings.base.dataset, graphs, settings.base.train.epochs, space=space,
-                           sampler=settings.sampler, pruner=settings.pruner)
+    return StudyRecord.new(
+        "search",
+        settings.base.dataset,
+        graphs,
+        settings.base.train.epochs,
+        space=space,
+        sampler=settings.sampler,
+        pruner=settings.pruner,
+    )
 
 
 def open_study(settings: SearchSettings, graphs: GraphSet, space: dict, worker: int = 0):
     """(study, storage): the study, created on first use and described by its StudyRecord, with a
     sampler that has not seen this run's draws."""
     record = search_record(settings, graphs, space)
-    study, storage = create_or_load_study(settings.study, settings.storage, settings.heartbeat, record.direction,
-                                          pruner=make_pruner(settings.pruner, settings.base.train.epochs))
+    study, storage = create_or_load_study(
+        settings.study,
+        settings.storage,
+        settings.heartbeat,
+        record.direction,
+        pruner=make_pruner(settings.pruner, settings.base.train.epochs),
+    )
     record.write(study)
     # Seeded by the trials already there too: a resumed study (or a second worker) must
     # not replay the first run's random start-up trials.
@@ -110,7 +125,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         total = self.settings.trials
-        room = None if total is None else total - _position(trial)  # trials the study may still start, this one included
+        room = (
+            None if total is None else total - _position(trial)
+        )  # trials the study may still start, this one included
         if room is not None and room <= 0:
             trial.study.stop()
             raise SurplusTrial(f"surplus: the study already had its {total} trials when this worker asked")
@@ -125,7 +142,9 @@ class Objective:
         if self._is_new_best(trial, result.best_valid, self.graphs.metric):
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(result.best_state, Path(folder) / "best.pt")
-                upload_artifact(artifact_store=self.store, file_path=str(Path(folder) / "best.pt"), study_or_trial=trial)
+                upload_artifact(
+                    artifact_store=self.store, file_path=str(Path(folder) / "best.pt"), study_or_trial=trial
+                )
             TrialRecord().write(trial, weights="artifact: best.pt")
         return result.best_valid
 
@@ -171,8 +190,9 @@ def controlled_group(trial: optuna.Trial, space: dict, config: RunConfig, seed: 
     (a head with no dimension that fits trains alone and joins no group)."""
     group = trial.user_attrs.get("design_group")
     if group is None:
-        dimensions = {k: v for k, v in design_dimensions(space).items()
-                      if k in trial.params and (room is None or len(v) <= room)}
+        dimensions = {
+            k: v for k, v in design_dimensions(space).items() if k in trial.params and (room is None or len(v) <= room)
+        }
         if dimensions:
             group, dimension = trial.number, random.Random(seed + trial.number).choice(sorted(dimensions))
             attrs = {"design_group": group, "design_dimension": dimension}
@@ -208,11 +228,22 @@ def run_worker(job: tuple[SearchSettings, dict], worker: int = 0, device: str | 
     if left == 0:  # nothing to start: say why (all finished, or some still running, perhaps in a killed worker)
         if worker == 0:
             finished = len(study.get_trials(deepcopy=False, states=FINISHED)) >= settings.trials
-            print(f"study {settings.study} already has its {settings.trials} finished trials; pass a larger --trials to add more"
-                  if finished else running_note(study, storage, settings.heartbeat), flush=True)
+            print(
+                f"study {settings.study} already has its {settings.trials} finished trials; pass a larger "
+                "--trials to add more"
+                if finished
+                else running_note(study, storage, settings.heartbeat),
+                flush=True,
+            )
         return
-    run_trials(study, objective, n_trials=left if settings.workers == 1 else None, timeout=settings.timeout,
-               total=settings.trials, stop=lambda s: remaining(s, settings.trials) == 0)
+    run_trials(
+        study,
+        objective,
+        n_trials=left if settings.workers == 1 else None,
+        timeout=settings.timeout,
+        total=settings.trials,
+        stop=lambda s: remaining(s, settings.trials) == 0,
+    )
 
 
 def search(settings: SearchSettings) -> optuna.Study:
@@ -249,9 +280,15 @@ def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
     print(f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in states.items()))
     try:
         best = study.best_trial
-        print(f"best trial {best.number}: valid {best.value:.4f}; {TRIVIAL} scores {TrialRecord.of(best).trivial['valid']:.4f}")
+        print(
+            f"best trial {best.number}: valid {best.value:.4f}; {TRIVIAL} scores "
+            f"{TrialRecord.of(best).trivial['valid']:.4f}"
+        )
         print(f"  {best.params}")
-        print(f"final evaluation (OGB: 10 seeds): ggt-search evaluate --from-study {study.study_name} --storage {settings.storage} --seeds 0-9")
+        print(
+            f"final evaluation (OGB: 10 seeds): ggt-search evaluate --from-study {study.study_name} --storage "
+            f"{settings.storage} --seeds 0-9"
+        )
     except ValueError:
         print("no trial has completed yet")
     print(f"storage: {settings.storage}")

@@ -15,9 +15,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -64,7 +64,9 @@ class RunResult:
     def to_dict(self) -> dict:
         """Everything but the weights, as JSON-ready values (result.json)."""
         skip = ("history", "best_state")
-        return {k: v for k, v in self.__dict__.items() if k not in skip} | {"history": [r.__dict__ for r in self.history]}
+        return {k: v for k, v in self.__dict__.items() if k not in skip} | {
+            "history": [r.__dict__ for r in self.history]
+        }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,7 +85,9 @@ def environment(device: torch.device) -> dict:
     return provenance() | {
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "hardware": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine()),
     }
 
 
@@ -95,7 +99,9 @@ def provenance() -> dict:
     import torch_geometric
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
@@ -159,7 +165,9 @@ class Trainer:
         if on_start is not None:
             on_start(parameters)
         step = self.make_step(model)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(step.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            step.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+        )
         log = RunLog(run_dir, self.config, self.device, parameters)
 
         best_state, best_valid, best_epoch, history = None, None, 0, []
@@ -169,7 +177,14 @@ class Trainer:
             train_loss = self.train_epoch(step, shuffle, epoch)
             valid_loss, valid_metric = self.evaluate(model, "valid")
             scheduler.step(valid_loss)
-            record = EpochRecord(epoch, train_loss, valid_loss, valid_metric, float(step.optimizer.param_groups[0]["lr"]), time.perf_counter() - tic)
+            record = EpochRecord(
+                epoch,
+                train_loss,
+                valid_loss,
+                valid_metric,
+                float(step.optimizer.param_groups[0]["lr"]),
+                time.perf_counter() - tic,
+            )
             if cfg.eval_train:
                 record.train_metric = self.evaluate(model, "train")[1]
             history.append(record)
@@ -183,9 +198,20 @@ class Trainer:
 
         model.load_state_dict(best_state)
         test = self.evaluate(model, "test")[1] if evaluate_test else None
-        trivial = {split: trivial_score(self.graphs, split) for split in (("valid", "test") if evaluate_test else ("valid",))}
-        result = RunResult(self.graphs.metric, best_epoch, best_valid, test, parameters, time.perf_counter() - start,
-                           trivial, history, best_state)
+        trivial = {
+            split: trivial_score(self.graphs, split) for split in (("valid", "test") if evaluate_test else ("valid",))
+        }
+        result = RunResult(
+            self.graphs.metric,
+            best_epoch,
+            best_valid,
+            test,
+            parameters,
+            time.perf_counter() - start,
+            trivial,
+            history,
+            best_state,
+        )
         log.result(result)
         return result
 
@@ -194,7 +220,9 @@ class Trainer:
 
     def train_epoch(self, step: TrainStep, generator, epoch: int) -> float:
         cfg = self.config.train
-        batches = self.data.batches(self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.padded)
+        batches = self.data.batches(
+            self.data.split["train"], cfg.batch_size, shuffle=True, generator=generator, padded=cfg.padded
+        )
         num_batches = math.ceil(len(self.data.split["train"]) / cfg.batch_size)
         progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
         mean_loss = train_steps(step, progress)
@@ -239,11 +267,15 @@ def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for key, value in checkpoint["model_config"].items():
         if key not in FREE_WHEN_FINE_TUNING and getattr(model.config, key, value) != value:
-            raise UserError(f"checkpoint {path} was pre-trained with model.{key} = {value!r}, but this config has "
-                            f"{getattr(model.config, key)!r}; use the checkpoint's architecture, or pre-train this one")
+            raise UserError(
+                f"checkpoint {path} was pre-trained with model.{key} = {value!r}, but this config has "
+                f"{getattr(model.config, key)!r}; use the checkpoint's architecture, or pre-train this one"
+            )
     missing, unexpected = model.load_state_dict(checkpoint["state"], strict=False)
     if unexpected or any(not key.startswith("readout.") for key in missing):
-        raise UserError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def _nanstd(y: torch.Tensor) -> torch.Tensor:
@@ -261,7 +293,9 @@ class RunLog:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         config.save(self.dir / "config.yaml")
-        (self.dir / "environment.json").write_text(json.dumps(environment(device) | {"parameters": parameters}, indent=2))
+        (self.dir / "environment.json").write_text(
+            json.dumps(environment(device) | {"parameters": parameters}, indent=2)
+        )
         self.metrics = self.dir / "metrics.csv"
         self.metrics.unlink(missing_ok=True)
         try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import torch
@@ -55,8 +55,13 @@ def train_trial(trial: optuna.Trial, config: RunConfig, graphs, *, final: bool, 
             raise optuna.TrialPruned(f"pruned at epoch {epoch.epoch}")
 
     result = trainer.fit(on_epoch=on_epoch, evaluate_test=final, on_start=lambda n: record.write(trial, parameters=n))
-    record.write(trial, best_epoch=result.best_epoch, test=result.test, trivial=result.trivial,
-                 seconds_per_epoch=sum(r.seconds for r in result.history) / len(result.history))
+    record.write(
+        trial,
+        best_epoch=result.best_epoch,
+        test=result.test,
+        trivial=result.trivial,
+        seconds_per_epoch=sum(r.seconds for r in result.history) / len(result.history),
+    )
     return result
 
 
@@ -81,8 +86,11 @@ def recorded(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Tri
             if isinstance(error, (UserError, SurplusTrial)):  # our own one-line reasons
                 record.write(trial, reason=str(error))
             else:
-                record.write(trial, reason=f"{type(error).__name__}: {str(error)[:500]}",
-                             traceback=traceback.format_exc()[-4000:])
+                record.write(
+                    trial,
+                    reason=f"{type(error).__name__}: {str(error)[:500]}",
+                    traceback=traceback.format_exc()[-4000:],
+                )
             raise
         finally:
             record.write(trial, seconds=round(time.perf_counter() - start, 2))
@@ -105,19 +113,36 @@ class ProgressLine:
             best = ""
         reason = TrialRecord.of(trial).reason
         progress = f"[{done}/{self.total}]" if self.total else f"[{done}]"
-        print(f"{progress} trial {trial.number} {trial.state.name.lower()}{value}{best}"
-              f"{'  (' + reason + ')' if reason and trial.state != TrialState.COMPLETE else ''}", flush=True)
+        print(
+            f"{progress} trial {trial.number} {trial.state.name.lower()}{value}{best}"
+            f"{'  (' + reason + ')' if reason and trial.state != TrialState.COMPLETE else ''}",
+            flush=True,
+        )
 
 
-def run_trials(study: optuna.Study, objective, *, n_trials: int | None, timeout: float | None, total: int | None,
-               stop: Callable[[optuna.Study], bool]) -> None:
+def run_trials(
+    study: optuna.Study,
+    objective,
+    *,
+    n_trials: int | None,
+    timeout: float | None,
+    total: int | None,
+    stop: Callable[[optuna.Study], bool],
+) -> None:
     """study.optimize with our rules: failures recorded and caught, one progress line per trial."""
+
     def stop_when_done(study: optuna.Study, trial) -> None:
         if stop(study):
             study.stop()
 
-    study.optimize(recorded(objective), n_trials=n_trials, timeout=timeout, catch=(Exception,),
-                   callbacks=[ProgressLine(total), stop_when_done], gc_after_trial=True)
+    study.optimize(
+        recorded(objective),
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(Exception,),
+        callbacks=[ProgressLine(total), stop_when_done],
+        gc_after_trial=True,
+    )
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -137,9 +162,14 @@ def running_note(study: optuna.Study, storage: RDBStorage, heartbeat: int) -> st
     described = []
     for trial in running:
         age = ages.get(trial.number)
-        when = ("no heartbeat yet" if age is None
-                else f"last heartbeat {age:.0f} s ago, stale in {max(0.0, grace - age):.0f} s")
+        when = (
+            "no heartbeat yet"
+            if age is None
+            else f"last heartbeat {age:.0f} s ago, stale in {max(0.0, grace - age):.0f} s"
+        )
         described.append(f"trial {trial.number} ({when})")
-    return (f"{len(running)} trial(s) still RUNNING in another worker: {', '.join(described)}. If that worker was "
-            f"killed, the first run after its trial goes stale ({grace} s without a heartbeat) fails it and "
-            f"retries it: rerun this command then.")
+    return (
+        f"{len(running)} trial(s) still RUNNING in another worker: {', '.join(described)}. If that worker was "
+        f"killed, the first run after its trial goes stale ({grace} s without a heartbeat) fails it and "
+        f"retries it: rerun this command then."
+    )

@@ -57,8 +57,10 @@ def run_workers(target, job, workers: int, device: str) -> None:
         return
     devices = worker_devices(workers, device)
     context = mp.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(target, job, i, devices[i], cpu_share(workers)),
-                                 name=f"worker-{i}") for i in range(workers)]
+    processes = [
+        context.Process(target=_worker_main, args=(target, job, i, devices[i], cpu_share(workers)), name=f"worker-{i}")
+        for i in range(workers)
+    ]
     with sigterm_as_interrupt():
         try:
             for process in processes:
@@ -76,8 +78,9 @@ def run_workers(target, job, workers: int, device: str) -> None:
             raise
     failed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(processes) if p.exitcode != 0]
     if failed:
-        raise UserError(f"{', '.join(failed)} stopped early; what it finished is recorded, "
-                        f"and rerunning the command resumes")
+        raise UserError(
+            f"{', '.join(failed)} stopped early; what it finished is recorded, and rerunning the command resumes"
+        )
 
 
 def _worker_main(target, job, worker: int, device: str, threads: int) -> None:

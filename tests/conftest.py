@@ -37,7 +37,12 @@ def bbbp(moleculenet):
 def bbbp_small(bbbp):
     """240 real molecules of ogbg-molbbbp (train 160 / valid 40 / test 40, both classes)."""
     torch.manual_seed(0)
-    picked = torch.cat([bbbp.split[s][torch.randperm(len(bbbp.split[s]))[:n]] for s, n in (("train", 160), ("valid", 40), ("test", 40))])
+    picked = torch.cat(
+        [
+            bbbp.split[s][torch.randperm(len(bbbp.split[s]))[:n]]
+            for s, n in (("train", 160), ("valid", 40), ("test", 40))
+        ]
+    )
     return bbbp.subset(picked.sort().values)
 
 
@@ -46,7 +51,9 @@ def tiny_config(**model):
     from ggt_search.config import RunConfig
 
     values = {"layers": 2, "hidden": 16, "pe_dim": 4, "dropout": 0.0} | model
-    return RunConfig.from_dict({"dataset": "ogbg-molbbbp", "model": values, "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})
+    return RunConfig.from_dict(
+        {"dataset": "ogbg-molbbbp", "model": values, "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}}
+    )
 
 
 def age_heartbeats(storage_url: str, seconds: float) -> None:

@@ -23,4 +23,7 @@ if [ -n "$pg_bin" ]; then
   export GGT_TEST_POSTGRES_URL="postgresql+psycopg2://ggt@127.0.0.1:54329/ggt_test"
 fi
 
+# Lint and format first: a style slip fails in seconds, before the long suite.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest "$@"

@@ -45,7 +45,9 @@ def ablation_storage(bbbp_csv, tmp_path_factory):  # noqa: F811
 
 def test_every_variant_and_seed_runs_once_and_resumes(ablation_storage, bbbp_csv, tmp_path, capsys):  # noqa: F811
     folder, shared_storage = ablation_storage
-    shutil.copy(shared_storage.removeprefix("sqlite:///"), tmp_path / "own.db")  # adding a seed must not change the shared study
+    shutil.copy(
+        shared_storage.removeprefix("sqlite:///"), tmp_path / "own.db"
+    )  # adding a seed must not change the shared study
     storage = f"sqlite:///{tmp_path}/own.db"
     study = optuna.load_study(study_name="conv", storage=storage)
     pairs = sorted(run_pair(t) for t in study.trials)
@@ -62,8 +64,19 @@ def test_report_has_every_section_and_figure(ablation_storage, tmp_path):
     out = tmp_path / "report"
     build_report(["conv"], storage, out)
     md = (out / "report.md").read_text()
-    for section in ("Ablation: anisotropic convolution", "Verdicts", "scores per variant", "paired differences", "validation and test",
-                    "Ranks across", "Run configuration", "Reproducibility", "as recorded by each run", "sha256", "family-adjusted CI"):
+    for section in (
+        "Ablation: anisotropic convolution",
+        "Verdicts",
+        "scores per variant",
+        "paired differences",
+        "validation and test",
+        "Ranks across",
+        "Run configuration",
+        "Reproducibility",
+        "as recorded by each run",
+        "sha256",
+        "family-adjusted CI",
+    ):
         assert section in md, section
     assert "gcn vs baseline:" in md and ("no detectable effect at 3 seeds" in md or "helps" in md or "hurts" in md)
     for figure in ("scores", "differences", "curves"):
@@ -78,17 +91,26 @@ def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
     from ggt_search.study import SearchSettings, search
 
     space = tmp_path / "space.yaml"
-    space.write_text("model.conv: {choices: [gated-gcn, gcn, mlp]}\nmodel.norm: {choices: [batch, layer]}\nmodel.layers: 1\nmodel.hidden: 8\n")
+    space.write_text(
+        "model.conv: {choices: [gated-gcn, gcn, mlp]}\nmodel.norm: {choices: [batch, layer]}\n"
+        "model.layers: 1\nmodel.hidden: 8\n"
+    )
     base = RunConfig.from_dict({"dataset": str(bbbp_csv), "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})
     storage = f"sqlite:///{tmp_path}/s.db"
-    search(SearchSettings(study="s", base=base, space_file=str(space), trials=6, sampler="grid", pruner="none", storage=storage))
+    search(
+        SearchSettings(
+            study="s", base=base, space_file=str(space), trials=6, sampler="grid", pruner="none", storage=storage
+        )
+    )
     out = tmp_path / "report"
     build_report(["s"], storage, out)
     md = (out / "report.md").read_text()
     for section in ("Optimisation history", "Parameter importances", "Best configurations", "Design-space ranks"):
         assert section in md
     search_part = md.split("## Reproducibility")[0]
-    assert not any(column in search_part for column in ("| test", "test_mean", "test rocauc", "test_diff"))  # no test score shown
+    assert not any(
+        column in search_part for column in ("| test", "test_mean", "test rocauc", "test_diff")
+    )  # no test score shown
     for figure in ("history-s", "importances-s", "design-ranks-s"):
         assert (out / f"{figure}.png").exists()
     assert "Warning: only 6 completed trials" in md and "sampler grid, pruner none" in md
@@ -97,7 +119,12 @@ def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
     assert study.metric_names == ["valid rocauc"] and study.user_attrs["epochs"] == 2  # what the dashboard shows
     record = StudyRecord.of(study)
     assert (record.kind, record.metric, record.direction, record.sampler, record.pruner) == (
-        "search", "rocauc", "maximize", "grid", "none")
+        "search",
+        "rocauc",
+        "maximize",
+        "grid",
+        "none",
+    )
     assert record.dataset == base.dataset.to_dict()
     assert record.space["model.conv"] == {"choices": ["gated-gcn", "gcn", "mlp"]}
 
@@ -107,7 +134,12 @@ def test_a_study_record_round_trips(ablation_storage, bbbp_csv):  # noqa: F811
     study = optuna.load_study(study_name="conv", storage=storage)
     record = StudyRecord.of(study)
     assert (record.kind, record.group, record.metric, record.direction, record.epochs) == (
-        "ablation", "conv", "rocauc", "maximize", 2)
+        "ablation",
+        "conv",
+        "rocauc",
+        "maximize",
+        2,
+    )
     assert record.dataset["name"] == str(bbbp_csv) and record.checksum == file_sha256(bbbp_csv)
     assert record.summary["name"] == "bbbp300" and sum(record.summary["split"].values()) == record.summary["graphs"]
     assert record.ablation["seeds"] == [0, 1, 2] and set(record.ablation["variants"]) == {"gcn", "mlp"}
@@ -126,7 +158,12 @@ def test_studies_written_before_study_records_still_read(tmp_path):
     records = {s.study_name: StudyRecord.of(s) for s in summaries}
     bbbp, esol = records["all--ogbg-molbbbp"], records["all--ogbg-molesol"]
     assert (bbbp.kind, bbbp.group, bbbp.metric, bbbp.direction, bbbp.epochs) == (
-        "ablation", "all", "rocauc", "maximize", 20)
+        "ablation",
+        "all",
+        "rocauc",
+        "maximize",
+        20,
+    )
     assert (esol.metric, esol.direction) == ("rmse", "minimize")
     assert bbbp.dataset["name"] == bbbp.summary["name"] == "ogbg-molbbbp" and "checksum" not in bbbp.summary
     assert re.fullmatch("[0-9a-f]{64}", bbbp.checksum)
@@ -143,13 +180,22 @@ def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
     index = build_report(["conv"], storage, tmp_path / "r")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,2000",
-                 "--disable-background-networking", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,2000",
+        "--disable-background-networking",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
     try:
         driver.get(index.as_uri())
-        assert all(driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"))
+        assert all(
+            driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        )
         driver.save_screenshot(str(tmp_path / "shot.png"))
     finally:
         driver.quit()
@@ -186,7 +232,10 @@ def test_the_family_adjusted_interval_excludes_zero_exactly_when_holm_decides(qu
     rng = np.random.default_rng(0)
     agreements, decisions = [], []
     for _ in range(200):
-        diffs = [rng.normal(rng.choice([0.0, 0.01, 0.03]), 0.02, size=int(rng.integers(3, 11))) for _ in range(int(rng.integers(2, 20)))]
+        diffs = [
+            rng.normal(rng.choice([0.0, 0.01, 0.03]), 0.02, size=int(rng.integers(3, 11)))
+            for _ in range(int(rng.integers(2, 20)))
+        ]
         p_values = [stats.ttest_1samp(d, 0).pvalue for d in diffs]
         for d, p_holm, level in zip(diffs, holm(p_values), holm_levels(p_values)):
             low, high = mean_interval(d.mean(), d.std(ddof=1), len(d), 1 - level)
@@ -227,11 +276,22 @@ def test_a_killed_run_is_rerun_when_the_ablation_restarts(bbbp_csv, tmp_path, ca
     assert done.trials[killed.number].state == optuna.trial.TrialState.FAIL
 
 
-@pytest.mark.parametrize("text, epochs, message", [
-    ("variants:\n  x: {model: {conv: gcn}}\n", None, "has no 'baseline'"),
-    ("baseline: {model: {layers: 1}}\nvariants:\n  x: {model: {conv: gcn}}\nepochs: 0\n", None, "baseline: train.epochs must be >= 1, got 0"),
-    ("baseline: {model: {layers: 1}}\nvariants:\n  x: {model: {conv: gcn}}\nepochs: 5\n", 0, "baseline: train.epochs must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, epochs, message",
+    [
+        ("variants:\n  x: {model: {conv: gcn}}\n", None, "has no 'baseline'"),
+        (
+            "baseline: {model: {layers: 1}}\nvariants:\n  x: {model: {conv: gcn}}\nepochs: 0\n",
+            None,
+            "baseline: train.epochs must be >= 1, got 0",
+        ),
+        (
+            "baseline: {model: {layers: 1}}\nvariants:\n  x: {model: {conv: gcn}}\nepochs: 5\n",
+            0,
+            "baseline: train.epochs must be >= 1, got 0",
+        ),
+    ],
+)
 def test_ablation_files_that_would_train_something_else_are_refused(tmp_path, text, epochs, message):
     path = tmp_path / "a.yaml"
     path.write_text(text)
@@ -308,7 +368,8 @@ def test_the_html_is_made_from_the_markdown_self_contained_and_escaped(tmp_path)
         assert raw not in html
     assert "<h1>report: &lt;b&gt;bold&lt;/b&gt;</h1>" in html and "<h2>variant &lt;script&gt;" in html
     assert "<p>p &lt; 0.05 &amp; <code>code &lt;i&gt;</code></p>" in html and "<td>0.8123</td>" in html.replace(
-        ' style="text-align: right;"', "")
+        ' style="text-align: right;"', ""
+    )
     assert html.count("<img ") == 1 and 'src="data:image/png;base64,' in html and "line.png" not in html
 
 
@@ -322,29 +383,47 @@ def test_fewer_than_two_pairs_or_no_spread_are_not_testable():
 def test_a_verdict_never_promises_a_detectable_effect_beyond_the_metric_range():
     from ggt_search.report.ablation import verdict
 
-    row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {"p_holm": 1.0, "adj_low": -3.0, "adj_high": 2.8}
+    row = paired_comparison(np.array([0.80, 0.60]), np.array([0.70, 0.72]), family=20) | {
+        "p_holm": 1.0,
+        "adj_low": -3.0,
+        "adj_high": 2.8,
+    }
     assert row["detectable"] > 1  # two seeds, 20 comparisons: a ROC-AUC difference of more than 1 would be needed
-    assert "cannot detect even the largest difference the metric allows (±1)" in verdict(row | {"widest": 1.0}, True, None)
-    assert f"only differences of ±{row['detectable']:.4f}" in verdict(row | {"widest": None}, False, None)  # RMSE has no bound
+    assert "cannot detect even the largest difference the metric allows (±1)" in verdict(
+        row | {"widest": 1.0}, True, None
+    )
+    assert f"only differences of ±{row['detectable']:.4f}" in verdict(
+        row | {"widest": None}, False, None
+    )  # RMSE has no bound
 
 
 def add_variant(text: str) -> str:
-    return text.replace("  mlp: {model: {conv: mlp}}", "  mlp: {model: {conv: mlp}}\n  post-norm: {model: {norm_position: post}}")
+    return text.replace(
+        "  mlp: {model: {conv: mlp}}", "  mlp: {model: {conv: mlp}}\n  post-norm: {model: {norm_position: post}}"
+    )
 
 
 def test_one_seed_gives_no_p_value_and_adding_a_variant_later_works(bbbp_csv, tmp_path):  # noqa: F811
     (tmp_path / "conv.yaml").write_text(ABLATION.replace("seeds: 0-2", "seeds: 0").replace("epochs: 2", "epochs: 1"))
     storage = f"sqlite:///{tmp_path}/one.db"
-    run_ablation(AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage))
+    run_ablation(
+        AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage)
+    )
     build_report(["conv"], storage, tmp_path / "r1")
     md = (tmp_path / "r1" / "report.md").read_text()
     assert "gcn vs baseline: not testable (1 paired seed; a paired test needs at least 2)" in md
     assert "Holm p" not in md and "helps" not in md and "hurts" not in md
 
     (tmp_path / "conv.yaml").write_text(add_variant((tmp_path / "conv.yaml").read_text()))  # a new variant, same study
-    (study,) = run_ablation(AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage))
-    assert sorted(run_pair(t) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == \
-        [("baseline", 0), ("gcn", 0), ("mlp", 0), ("post-norm", 0)]
+    (study,) = run_ablation(
+        AblationSettings(load_ablation(tmp_path / "conv.yaml", dataset={"name": str(bbbp_csv)}), "conv", storage)
+    )
+    assert sorted(run_pair(t) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == [
+        ("baseline", 0),
+        ("gcn", 0),
+        ("mlp", 0),
+        ("post-norm", 0),
+    ]
     build_report(["conv"], storage, tmp_path / "r2")
     assert "post-norm vs baseline: not testable" in (tmp_path / "r2" / "report.md").read_text()
 
@@ -353,7 +432,9 @@ def test_a_rerun_with_other_settings_is_refused_not_pooled(ablation_storage, bbb
     folder, shared_storage = ablation_storage
     shutil.copy(shared_storage.removeprefix("sqlite:///"), tmp_path / "own.db")
     longer = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3", epochs=3)
-    with pytest.raises(UserError, match=r"holds runs with train.epochs = 2, but this ablation asks for 3 .*--study NEW"):
+    with pytest.raises(
+        UserError, match=r"holds runs with train.epochs = 2, but this ablation asks for 3 .*--study NEW"
+    ):
         run_ablation(AblationSettings(longer, "conv", f"sqlite:///{tmp_path}/own.db"))
 
 
@@ -383,7 +464,10 @@ def test_an_ablation_on_several_datasets_gives_verdicts_per_dataset_and_ranks(mo
         path = tmp_path / f"{name}.csv"
         pd.read_csv(moleculenet / "BBBP.csv").iloc[rows].to_csv(path, index=False)
         tables.append(str(path))
-    text = ABLATION.replace("seeds: 0-2", "seeds: 0-1").replace("epochs: 2", "epochs: 1") + f"datasets: [{tables[0]}, {tables[1]}]\n"
+    text = (
+        ABLATION.replace("seeds: 0-2", "seeds: 0-1").replace("epochs: 2", "epochs: 1")
+        + f"datasets: [{tables[0]}, {tables[1]}]\n"
+    )
     (tmp_path / "multi.yaml").write_text(text)
     storage = f"sqlite:///{tmp_path}/multi.db"
     studies = run_ablation(AblationSettings(load_ablation(tmp_path / "multi.yaml"), "multi", storage))
@@ -401,7 +485,26 @@ def test_the_packaged_cpu_suite_replaces_the_files_datasets(moleculenet, tmp_pat
 
     seen = []
     monkeypatch.setattr(ablate, "run_ablation", lambda settings: seen.append(settings.ablation) or [])
-    assert cli.main(["ablate", "ablations/convolution.yaml", "--suite", "cpu", "--source", str(moleculenet),
-                     "--storage", f"sqlite:///{tmp_path}/s.db"]) == 0
-    assert [d.name for d in seen[0].datasets] == ["ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"]
+    assert (
+        cli.main(
+            [
+                "ablate",
+                "ablations/convolution.yaml",
+                "--suite",
+                "cpu",
+                "--source",
+                str(moleculenet),
+                "--storage",
+                f"sqlite:///{tmp_path}/s.db",
+            ]
+        )
+        == 0
+    )
+    assert [d.name for d in seen[0].datasets] == [
+        "ogbg-molbbbp",
+        "ogbg-molclintox",
+        "ogbg-moltox21",
+        "ogbg-molesol",
+        "ogbg-molfreesolv",
+    ]
     assert all(d.source == str(moleculenet) for d in seen[0].datasets)

@@ -38,12 +38,25 @@ def test_dashboard_shows_the_study_in_a_real_browser(study_storage, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ggt_search.cli", "dashboard", "--storage", study_storage, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=interruptible)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ggt_search.cli", "dashboard", "--storage", study_storage, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     driver = None
     try:

@@ -44,9 +44,12 @@ def _write_ogb_raw(graphs, folder):
     split.mkdir(parents=True)
     one_direction = torch.arange(0, graphs.edges.shape[1], 2)
     tables = {
-        "edge": graphs.edges[:, one_direction].T, "edge-feat": graphs.bonds[one_direction],
-        "node-feat": graphs.atoms, "num-node-list": graphs.num_nodes()[:, None],
-        "num-edge-list": graphs.num_edges()[:, None] // 2, "graph-label": graphs.y,
+        "edge": graphs.edges[:, one_direction].T,
+        "edge-feat": graphs.bonds[one_direction],
+        "node-feat": graphs.atoms,
+        "num-node-list": graphs.num_nodes()[:, None],
+        "num-edge-list": graphs.num_edges()[:, None] // 2,
+        "graph-label": graphs.y,
     }
     for name, table in tables.items():
         pd.DataFrame(table.numpy()).to_csv(raw / f"{name}.csv.gz", header=False, index=False, compression="gzip")
@@ -63,8 +66,8 @@ def test_ogb_download_layout_is_read_and_reloaded(bbbp):
         assert torch.allclose(official.y, bbbp.y, equal_nan=True)
         assert all(torch.equal(official.split[s], bbbp.split[s]) for s in bbbp.split)
         for g in (0, 100, 2000):  # the same bonds, in both directions, per graph
-            own = {tuple(e) for e in bbbp.edges[:, bbbp.edge_ptr[g]:bbbp.edge_ptr[g + 1]].T.tolist()}
-            read = {tuple(e) for e in official.edges[:, official.edge_ptr[g]:official.edge_ptr[g + 1]].T.tolist()}
+            own = {tuple(e) for e in bbbp.edges[:, bbbp.edge_ptr[g] : bbbp.edge_ptr[g + 1]].T.tolist()}
+            read = {tuple(e) for e in official.edges[:, official.edge_ptr[g] : official.edge_ptr[g + 1]].T.tolist()}
             assert own == read
 
 
@@ -88,7 +91,11 @@ def test_ogb_download_is_fetched_extracted_and_cached(bbbp, tmp_path, monkeypatc
         assert not list((tmp_path / "cache" / "ogb").glob("*.zip"))  # the zip is removed once extracted
         (served / "bbbp.zip").unlink()
         assert torch.equal(load_dataset("ogbg-molbbbp").y.nan_to_num(), bbbp.y.nan_to_num())  # cached: no second fetch
-        with pytest.raises(UserError, match=r"could not download ogbg-moltox21 from OGB \(HTTPError\); build it offline with --source PATH/tox21.csv"):
+        with pytest.raises(
+            UserError,
+            match=r"could not download ogbg-moltox21 from OGB \(HTTPError\); build it offline with --source "
+            r"PATH/tox21.csv",
+        ):
             load_dataset("ogbg-moltox21")  # not on the mirror
     finally:
         server.shutdown()
@@ -123,6 +130,7 @@ def test_random_split_follows_its_seed(moleculenet, tmp_path):
 def test_bad_smiles_are_reported_by_line_or_skipped(moleculenet, tmp_path):
     def corrupt(frame):
         frame.loc[3, "smiles"] = "C1CC(((not a molecule"
+
     path = _tox21_slice(moleculenet, tmp_path, edit=corrupt)
     with pytest.raises(UserError, match=r"1 SMILES could not be parsed .*line 5\).*--invalid-smiles skip"):
         load_dataset(DatasetSpec(str(path)))
@@ -130,13 +138,16 @@ def test_bad_smiles_are_reported_by_line_or_skipped(moleculenet, tmp_path):
     assert kept.num_graphs == 59
 
 
-@pytest.mark.parametrize("spec, message", [
-    (DatasetSpec("missing/file.csv"), "neither a known name"),
-    (DatasetSpec("ogbg-molfoo"), "unknown OGB dataset"),
-    (DatasetSpec("ogbg-molhiv", source="/nowhere/HIV.csv.gz"), "source file not found"),
-    (DatasetSpec("ogbg-molpcba", source="/tmp"), "no MoleculeNet table offline"),
-    (DatasetSpec("ogbg-molbace", source="/tmp"), r"source file not found: /tmp/bace.csv"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (DatasetSpec("missing/file.csv"), "neither a known name"),
+        (DatasetSpec("ogbg-molfoo"), "unknown OGB dataset"),
+        (DatasetSpec("ogbg-molhiv", source="/nowhere/HIV.csv.gz"), "source file not found"),
+        (DatasetSpec("ogbg-molpcba", source="/tmp"), "no MoleculeNet table offline"),
+        (DatasetSpec("ogbg-molbace", source="/tmp"), r"source file not found: /tmp/bace.csv"),
+    ],
+)
 def test_bad_dataset_names_get_one_clear_error(spec, message):
     with pytest.raises(UserError, match=message):
         load_dataset(spec)
@@ -163,7 +174,7 @@ def _no_smiles(path):
 def _laplacian(graphs, g):
     n = int(graphs.num_nodes()[g])
     a = torch.zeros(n, n, dtype=torch.float64)
-    src, dst = graphs.edges[:, graphs.edge_ptr[g]:graphs.edge_ptr[g + 1]]
+    src, dst = graphs.edges[:, graphs.edge_ptr[g] : graphs.edge_ptr[g + 1]]
     a[src, dst] = 1
     d = a.sum(1).clamp(min=1).rsqrt()
     return torch.eye(n, dtype=torch.float64) - d[:, None] * a * d[None, :]
@@ -218,9 +229,12 @@ def test_pe_cache_is_reused(bbbp):
     assert torch.equal(bbbp.load_pe(16)[:, :4], first[:, :4])
 
 
-@pytest.mark.parametrize("name, table", [("ogbg-molbbbp", "BBBP.csv"), ("ogbg-molesol", "delaney.csv"), ("ogbg-molfreesolv", "freesolv.csv")])
+@pytest.mark.parametrize(
+    "name, table", [("ogbg-molbbbp", "BBBP.csv"), ("ogbg-molesol", "delaney.csv"), ("ogbg-molfreesolv", "freesolv.csv")]
+)
 def test_offline_builds_equal_ogbs_own_files(moleculenet, name, table):
-    """Molecules, labels, atom and bond features and split membership, against OGB's downloads in ../shared/data/ogb-raw."""
+    """Molecules, labels, atom and bond features and split membership, against OGB's downloads in
+    ../shared/data/ogb-raw."""
     official = read_ogb_raw(name, moleculenet.parent / "ogb-raw" / name.replace("-", "_"))
     offline = load_dataset(DatasetSpec(name, source=str(moleculenet / table)))
     assert offline.num_graphs == official.num_graphs
@@ -239,18 +253,32 @@ def test_offline_builds_equal_ogbs_own_files(moleculenet, name, table):
 def test_an_ogb_name_built_offline_knows_its_tables_columns(moleculenet, tmp_path):
     """MoleculeNet's BACE table names its SMILES column `mol` and its label `Class`, beside other numeric columns."""
     rows = pd.read_csv(moleculenet / "BBBP.csv").head(300)
-    bace = pd.DataFrame({"mol": rows["smiles"], "CID": [f"BACE_{i}" for i in range(300)], "Class": rows["p_np"],
-                         "Model": "Train", "pIC50": 5.0, "MW": 300.0})
+    bace = pd.DataFrame(
+        {
+            "mol": rows["smiles"],
+            "CID": [f"BACE_{i}" for i in range(300)],
+            "Class": rows["p_np"],
+            "Model": "Train",
+            "pIC50": 5.0,
+            "MW": 300.0,
+        }
+    )
     bace.to_csv(tmp_path / "bace.csv", index=False)
     graphs = load_dataset(DatasetSpec("ogbg-molbace", source=str(tmp_path)))
     assert graphs.num_tasks == 1 and graphs.task_names == ["Class"] and graphs.metric == "rocauc"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("smiles,y\n", "has a header but no rows"),
-    ("smiles,y,z\nCCO,1,\nCCN,0,\nc1ccccc1,1,\n", r"target column\(s\) \['z'\] of .* hold no labels"),
-    ("smiles,y\nc1ccccc1C,1\nc1ccccc1N,0\nc1ccccc1O,1\n", "leaves train with no molecules; use more molecules, or --split random"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("smiles,y\n", "has a header but no rows"),
+        ("smiles,y,z\nCCO,1,\nCCN,0,\nc1ccccc1,1,\n", r"target column\(s\) \['z'\] of .* hold no labels"),
+        (
+            "smiles,y\nc1ccccc1C,1\nc1ccccc1N,0\nc1ccccc1O,1\n",
+            "leaves train with no molecules; use more molecules, or --split random",
+        ),
+    ],
+)
 def test_tables_that_cannot_train_are_refused_before_training(tmp_path, text, message):
     path = tmp_path / "own.csv"
     path.write_text(text)
@@ -275,8 +303,28 @@ def test_a_split_with_one_class_is_refused(moleculenet, tmp_path):
 @pytest.mark.parametrize("file", ["graphs.pt", "pe-k20.pt"])
 def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, monkeypatch, capsys, damage, file):
     monkeypatch.setenv("GGT_SEARCH_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "mols.csv").write_text("smiles,y\n" + "".join(f"{s},{i / 2}\n" for i, s in enumerate(
-        ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "c1ccncc1", "C1CCCCC1", "CCCl", "c1ccc2ccccc2c1", "OCC(O)CO", "CNC", "C1CCOC1", "c1ccsc1"])))
+    (tmp_path / "mols.csv").write_text(
+        "smiles,y\n"
+        + "".join(
+            f"{s},{i / 2}\n"
+            for i, s in enumerate(
+                [
+                    "CCO",
+                    "CCN",
+                    "c1ccccc1",
+                    "CC(=O)O",
+                    "c1ccncc1",
+                    "C1CCCCC1",
+                    "CCCl",
+                    "c1ccc2ccccc2c1",
+                    "OCC(O)CO",
+                    "CNC",
+                    "C1CCOC1",
+                    "c1ccsc1",
+                ]
+            )
+        )
+    )
     spec = DatasetSpec(str(tmp_path / "mols.csv"), split="random")
     first = load_dataset(spec)
     pe = first.load_pe(4).clone()
@@ -285,7 +333,7 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, monkeypatch, cap
     if damage == "truncate":
         data = data[: len(data) // 2]
     else:
-        data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+        data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
     capsys.readouterr()
     again = load_dataset(spec)
@@ -298,9 +346,34 @@ def test_every_sources_dataset_flag_sets_its_spec_field():
     from ggt_search import cli
     from ggt_search.config import build
 
-    args = cli.build_parser().parse_args([
-        "train", "--dataset", "own.csv", "--source", "tables", "--smiles-column", "mol", "--targets", "a, b",
-        "--task-type", "regression", "--split", "random", "--split-seed", "3", "--invalid-smiles", "skip"])
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--dataset",
+            "own.csv",
+            "--source",
+            "tables",
+            "--smiles-column",
+            "mol",
+            "--targets",
+            "a, b",
+            "--task-type",
+            "regression",
+            "--split",
+            "random",
+            "--split-seed",
+            "3",
+            "--invalid-smiles",
+            "skip",
+        ]
+    )
     assert build(DatasetSpec, cli.dataset_overrides(args), "dataset") == DatasetSpec(
-        "own.csv", source="tables", smiles_column="mol", target_columns=("a", "b"), task_type="regression",
-        split="random", split_seed=3, invalid_smiles="skip")
+        "own.csv",
+        source="tables",
+        smiles_column="mol",
+        target_columns=("a", "b"),
+        task_type="regression",
+        split="random",
+        split_seed=3,
+        invalid_smiles="skip",
+    )

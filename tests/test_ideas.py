@@ -51,8 +51,12 @@ def test_every_encoder_summed_into_the_input_states_starts_at_the_atom_encoders_
     model = GatedGraphTransformer(config, 1, cycle_maxima=training_cycle_maxima(bbbp_small))
     with torch.no_grad():
         atoms = row_norm(model.atom_encoder(batch.atoms))
-        summed = {"bonds": model.bond_encoder(batch.bonds), "atom cycles": model.atom_cycle_encoder(batch.atom_cycles),
-                  "bond cycles": model.bond_cycle_encoder(batch.bond_cycles), "pe": model.pe_encoder(batch.pe[:, :8])}
+        summed = {
+            "bonds": model.bond_encoder(batch.bonds),
+            "atom cycles": model.atom_cycle_encoder(batch.atom_cycles),
+            "bond cycles": model.bond_cycle_encoder(batch.bond_cycles),
+            "pe": model.pe_encoder(batch.pe[:, :8]),
+        }
         ratios = {name: row_norm(x) / atoms for name, x in summed.items()}
     assert all(1 / 3 < ratio < 3 for ratio in ratios.values()), ratios
     # Pre-training's mask tokens replace a hidden atom's (or bond's) encoding rather than add to it; they start at
@@ -65,8 +69,13 @@ def test_cycle_counts_unseen_in_training_share_the_embedding_of_the_training_max
     atoms, bonds = bbbp_small.load_substructures()
 
     def most_per_molecule(counts, ptr):  # a molecule without bonds (a lone ion) has no bond rows: 0
-        return torch.stack([counts[int(ptr[g]):int(ptr[g + 1])].amax(0) if ptr[g + 1] > ptr[g] else counts.new_zeros(6)
-                            for g in bbbp_small.split["train"]]).amax(0)
+        return torch.stack(
+            [
+                counts[int(ptr[g]) : int(ptr[g + 1])].amax(0) if ptr[g + 1] > ptr[g] else counts.new_zeros(6)
+                for g in bbbp_small.split["train"]
+            ]
+        ).amax(0)
+
     expected = [most_per_molecule(atoms, bbbp_small.node_ptr), most_per_molecule(bonds, bbbp_small.edge_ptr)]
     maxima = training_cycle_maxima(bbbp_small)
     assert all(torch.equal(m, e) for m, e in zip(maxima, expected))
@@ -80,8 +89,13 @@ def test_cycle_counts_unseen_in_training_share_the_embedding_of_the_training_max
     assert not torch.allclose(encoder(below), encoder(at_max))  # counts seen in training keep their own rows
     assert "max_counts" not in encoder.state_dict()  # fine-tuning clamps to its own training split
 
-    cfg = RunConfig.from_dict({"dataset": "ogbg-molbbbp", "model": {"hidden": 16, "layers": 1, "substructures": True},
-                               "train": {"device": "cpu"}})
+    cfg = RunConfig.from_dict(
+        {
+            "dataset": "ogbg-molbbbp",
+            "model": {"hidden": 16, "layers": 1, "substructures": True},
+            "train": {"device": "cpu"},
+        }
+    )
     model = Trainer(cfg, bbbp_small).build_model()  # the trainer passes the training maxima, like PNA's histogram
     assert torch.equal(model.atom_cycle_encoder.max_counts, maxima[0].clamp(max=9))
     assert torch.equal(model.bond_cycle_encoder.max_counts, maxima[1].clamp(max=9))
@@ -92,11 +106,11 @@ def test_pna_degree_histogram_is_pyg_s_recipe_on_the_training_graphs(bbbp_small)
     expected = torch.zeros(16, dtype=torch.long)
     for g in bbbp_small.split["train"]:
         n = int(bbbp_small.node_ptr[g + 1] - bbbp_small.node_ptr[g])
-        edges = bbbp_small.edges[:, int(bbbp_small.edge_ptr[g]):int(bbbp_small.edge_ptr[g + 1])]
+        edges = bbbp_small.edges[:, int(bbbp_small.edge_ptr[g]) : int(bbbp_small.edge_ptr[g + 1])]
         d = degree(edges[1], n, dtype=torch.long)
         expected += torch.bincount(d, minlength=16)
     histogram = in_degree_histogram(bbbp_small)
-    assert torch.equal(histogram, expected[: len(histogram)]) and expected[len(histogram):].sum() == 0
+    assert torch.equal(histogram, expected[: len(histogram)]) and expected[len(histogram) :].sum() == 0
 
 
 def test_pna_aggregation_is_pyg_s_pna_conv(bbbp_small, batch):
@@ -141,7 +155,7 @@ def test_graph_norm_follows_its_paper_per_molecule(batch):
 def authors_lrga(w: torch.nn.Linear, k: int, X: torch.Tensor) -> torch.Tensor:
     """LowRankAttention.forward of github.com/omri1348/LRGA (graph_global_attention_layer.py), for one graph."""
     tmp = torch.relu(w(X))
-    U, V, Z, T = tmp[:, :k], tmp[:, k:2 * k], tmp[:, 2 * k:3 * k], tmp[:, 3 * k:]
+    U, V, Z, T = tmp[:, :k], tmp[:, k : 2 * k], tmp[:, 2 * k : 3 * k], tmp[:, 3 * k :]
     V_T = torch.t(V)
     norm_factor = torch.mm(U, torch.mm(V_T, torch.ones((V_T.shape[1], 1), dtype=X.dtype)))  # joint_normalize2
     D = 1 / ((torch.sum(norm_factor) / U.shape[0]) + 1e-6)

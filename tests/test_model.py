@@ -1,13 +1,13 @@
 import pytest
 import torch
+from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 
-from ggt_search.batching import DeviceGraphs
 from ggt_search import model as model_module
+from ggt_search.batching import DeviceGraphs
 from ggt_search.config import ModelConfig, RunConfig, choices
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
-from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 
 
 def hand_count(layers, d, k, tasks=1, r=4):
@@ -69,17 +69,36 @@ def test_pe_sign_flip_only_in_training(batch):
 
 def test_each_option_changes_the_output(batch):
     base = model_of().eval()(batch)
-    for option in ({"norm_position": "post"}, {"residual": False}, {"norm": "graph"}, {"pe_injection": "add"},
-                   {"virtual_node": True}, {"pooling": "sum"}, {"ffn": False}, {"ffn_ratio": 2}, {"pe_dim": 0}):
+    for option in (
+        {"norm_position": "post"},
+        {"residual": False},
+        {"norm": "graph"},
+        {"pe_injection": "add"},
+        {"virtual_node": True},
+        {"pooling": "sum"},
+        {"ffn": False},
+        {"ffn_ratio": 2},
+        {"pe_dim": 0},
+    ):
         assert not torch.allclose(model_of(**option).eval()(batch), base), option
 
 
-@pytest.mark.parametrize("fields", [
-    {}, {"conv": "gcn"}, {"conv": "mlp"}, {"aggregation": "pna"}, {"conv": "gcn", "aggregation": "pna"},
-    {"virtual_node": True, "norm": "graph", "norm_position": "post", "layers": 3}, {"pe_injection": "add", "norm": "layer"},
-    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True}, {"conv": "gcn", "aggregation": "powermean"},
-    {"global_attention": "lrga"}, {"global_attention": "transformer", "attention_heads": 2},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"conv": "gcn"},
+        {"conv": "mlp"},
+        {"aggregation": "pna"},
+        {"conv": "gcn", "aggregation": "pna"},
+        {"virtual_node": True, "norm": "graph", "norm_position": "post", "layers": 3},
+        {"pe_injection": "add", "norm": "layer"},
+        {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True},
+        {"conv": "gcn", "aggregation": "powermean"},
+        {"global_attention": "lrga"},
+        {"global_attention": "transformer", "attention_heads": 2},
+    ],
+)
 def test_gradients_reach_every_parameter(batch, bbbp_small, fields):
     model = model_of(bbbp_small, **fields).train()
     masked_loss(model(batch), batch.y, "classification").backward()
@@ -101,20 +120,33 @@ def test_tiny_model_overfits_64_real_molecules(bbbp_small):
     assert loss.item() < 0.02
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"conv": "transformer"}, "model.conv = 'transformer' is not one of"),
-    ({"aggregation": "pna", "conv": "mlp"}, "conv 'mlp' has none"),
-    ({"global_attention": "transformer", "hidden": 30, "attention_heads": 4}, "must be divisible by model.attention_heads"),
-    ({"layres": 3}, r"unknown model key\(s\) \['layres'\]"),
-    ({"dropout": 1.5}, "dropout must be in"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"conv": "transformer"}, "model.conv = 'transformer' is not one of"),
+        ({"aggregation": "pna", "conv": "mlp"}, "conv 'mlp' has none"),
+        (
+            {"global_attention": "transformer", "hidden": 30, "attention_heads": 4},
+            "must be divisible by model.attention_heads",
+        ),
+        ({"layres": 3}, r"unknown model key\(s\) \['layres'\]"),
+        ({"dropout": 1.5}, "dropout must be in"),
+    ],
+)
 def test_bad_model_config_is_one_clear_error(model, message):
     with pytest.raises(UserError, match=message):
         RunConfig.from_dict({"model": model})
 
 
-@pytest.mark.parametrize("field, registry", [("conv", "CONVOLUTIONS"), ("norm", "NORMS"),
-                                             ("aggregation", "AGGREGATIONS"), ("global_attention", "GLOBAL_ATTENTION")])
+@pytest.mark.parametrize(
+    "field, registry",
+    [
+        ("conv", "CONVOLUTIONS"),
+        ("norm", "NORMS"),
+        ("aggregation", "AGGREGATIONS"),
+        ("global_attention", "GLOBAL_ATTENTION"),
+    ],
+)
 def test_the_models_registries_hold_exactly_the_configs_options(field, registry):
     """One list of options, the config field's type: every option has its module, and no module an unknown name."""
     assert list(getattr(model_module, registry)) == list(choices(ModelConfig)[field])
@@ -126,16 +158,24 @@ def test_the_model_imports_no_chemistry_or_tables_of_its_own():
     import subprocess
     import sys
 
-    code = ("import sys, torch_geometric, ogb.graphproppred.mol_encoder; before = set(sys.modules); "
-            "import ggt_search.model; added = set(sys.modules) - before; "
-            "own = sorted(m for m in added if m.split('.')[0] in ('rdkit', 'pandas') "
-            "or m in ('ggt_search.datasets', 'ggt_search.molecules', 'ggt_search.positional')); "
-            "assert not own, own")
+    code = (
+        "import sys, torch_geometric, ogb.graphproppred.mol_encoder; before = set(sys.modules); "
+        "import ggt_search.model; added = set(sys.modules) - before; "
+        "own = sorted(m for m in added if m.split('.')[0] in ('rdkit', 'pandas') "
+        "or m in ('ggt_search.datasets', 'ggt_search.molecules', 'ggt_search.positional')); "
+        "assert not own, own"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_config_round_trips_through_yaml(tmp_path):
-    config = RunConfig.from_dict({"dataset": {"name": "ogbg-molhiv", "source": "x.csv"}, "model": {"conv": "gcn", "virtual_node": True}, "train": {"lr": 3e-4}})
+    config = RunConfig.from_dict(
+        {
+            "dataset": {"name": "ogbg-molhiv", "source": "x.csv"},
+            "model": {"conv": "gcn", "virtual_node": True},
+            "train": {"lr": 3e-4},
+        }
+    )
     config.save(tmp_path / "run.yaml")
     assert RunConfig.load(tmp_path / "run.yaml") == config
 
@@ -154,9 +194,17 @@ def test_cpu_dropout_keeps_nn_dropouts_distribution():
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
 
 
-NEW_OPTIONS = [{"message_norm": True}, {"graph_size_norm": True}, {"aggregation": "softmax"}, {"aggregation": "powermean"},
-               {"global_attention": "lrga"}, {"global_attention": "transformer"}, {"conv": "gcn", "message_norm": True},
-               {"conv": "gcn", "aggregation": "softmax"}, {"substructures": True}]
+NEW_OPTIONS = [
+    {"message_norm": True},
+    {"graph_size_norm": True},
+    {"aggregation": "softmax"},
+    {"aggregation": "powermean"},
+    {"global_attention": "lrga"},
+    {"global_attention": "transformer"},
+    {"conv": "gcn", "message_norm": True},
+    {"conv": "gcn", "aggregation": "softmax"},
+    {"substructures": True},
+]
 
 
 @pytest.mark.parametrize("option", NEW_OPTIONS)
@@ -169,14 +217,20 @@ def test_an_option_changes_the_output_of_a_model_with_the_same_shared_weights(ba
     assert not torch.allclose(on(batch), off(batch), atol=1e-6), option
 
 
-@pytest.mark.parametrize("option, extra_per_layer", [
-    ({"message_norm": True}, 1),  # MessageNorm's scale s
-    ({"graph_size_norm": True}, 0),
-    ({"aggregation": "softmax"}, 16),  # an inverse temperature per channel
-    ({"aggregation": "powermean"}, 16),  # a p per channel
-    ({"global_attention": "lrga", "attention_rank": 4}, (16 * 16 + 16) + (8 * 16 + 16) + 2 * 16),  # W_UVZT, W_out, BatchNorm
-    ({"global_attention": "transformer"}, (16 * 48 + 48) + (16 * 16 + 16) + 2 * 16),  # W_qkv, W_out, BatchNorm
-])
+@pytest.mark.parametrize(
+    "option, extra_per_layer",
+    [
+        ({"message_norm": True}, 1),  # MessageNorm's scale s
+        ({"graph_size_norm": True}, 0),
+        ({"aggregation": "softmax"}, 16),  # an inverse temperature per channel
+        ({"aggregation": "powermean"}, 16),  # a p per channel
+        (
+            {"global_attention": "lrga", "attention_rank": 4},
+            (16 * 16 + 16) + (8 * 16 + 16) + 2 * 16,
+        ),  # W_UVZT, W_out, BatchNorm
+        ({"global_attention": "transformer"}, (16 * 48 + 48) + (16 * 16 + 16) + 2 * 16),  # W_qkv, W_out, BatchNorm
+    ],
+)
 def test_parameter_counts_of_the_new_options(option, extra_per_layer):
     assert count_parameters(model_of(**option)) - count_parameters(model_of()) == 2 * extra_per_layer  # 2 layers
 
@@ -207,8 +261,12 @@ def test_graph_size_norm_divides_the_message_passing_output_by_sqrt_graph_size(b
     sizes = torch.bincount(batch.node_graph).double()
     h_plain, e_plain = plain(h, e, batch)
     h_scaled, e_scaled = scaled(h, e, batch)
-    torch.testing.assert_close(h_scaled.double(), h_plain.double() / sizes.sqrt()[batch.node_graph, None], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(e_scaled.double(), e_plain.double() / sizes.sqrt()[batch.edge_graph, None], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        h_scaled.double(), h_plain.double() / sizes.sqrt()[batch.node_graph, None], rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        e_scaled.double(), e_plain.double() / sizes.sqrt()[batch.edge_graph, None], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["softmax", "powermean"])
@@ -264,12 +322,13 @@ def test_graph_self_attention_is_multi_head_attention_within_each_graph(batch):
 
 
 def test_substructure_encoders_add_their_embeddings_once(bbbp_small):
-    d, counts = 16, 2 * 6 * 10 * 16  # atom and bond encoders: 6 lengths x 10 counts x d
+    counts = 2 * 6 * 10 * 16  # atom and bond encoders: 6 lengths x 10 counts x d = 16
     assert count_parameters(model_of(bbbp_small, substructures=True)) - count_parameters(model_of()) == counts
 
 
 def brute_force_cycles(edges: set[tuple[int, int]], longest: int = 8) -> list[list[int]]:
-    """Every simple cycle of 3..longest atoms, by depth-first search from its smallest atom (each found twice, once per direction)."""
+    """Every simple cycle of 3..longest atoms, by depth-first search from its smallest atom (each found twice,
+    once per direction)."""
     neighbours: dict[int, set[int]] = {}
     for a, b in edges:
         neighbours.setdefault(a, set()).add(b)
@@ -281,6 +340,7 @@ def brute_force_cycles(edges: set[tuple[int, int]], longest: int = 8) -> list[li
                 found.append(list(path))
             elif nxt > path[0] and nxt not in path and len(path) < longest:
                 extend(path + [nxt])
+
     for start in neighbours:
         extend([start])
     unique = {}
@@ -301,7 +361,12 @@ def test_cycle_counts_equal_a_brute_force_count_on_real_molecules(bbbp_small):
     assert (bonds.sum(0) // 2 // [3, 4, 5, 6, 7, 8]).tolist() == [0, 6, 0, 16, 0, 6]
     counts_atoms, counts_bonds = bbbp_small.load_substructures()
     for g in range(0, bbbp_small.num_graphs, 3):
-        n0, n1, e0, e1 = (int(bbbp_small.node_ptr[g]), int(bbbp_small.node_ptr[g + 1]), int(bbbp_small.edge_ptr[g]), int(bbbp_small.edge_ptr[g + 1]))
+        n0, n1, e0, e1 = (
+            int(bbbp_small.node_ptr[g]),
+            int(bbbp_small.node_ptr[g + 1]),
+            int(bbbp_small.edge_ptr[g]),
+            int(bbbp_small.edge_ptr[g + 1]),
+        )
         edges = bbbp_small.edges[:, e0:e1].T.tolist()
         expected_atoms = torch.zeros(n1 - n0, 6, dtype=torch.long)
         expected_bonds = torch.zeros(e1 - e0, 6, dtype=torch.long)

@@ -20,13 +20,21 @@ MODEL = {"layers": 2, "hidden": 16, "pe_dim": 4, "dropout": 0.0}
 def corpus(moleculenet, tmp_path_factory):
     """400 real molecules in one SMILES column, like the ZINC corpus: 300 of BBBP's training split and 100 others."""
     path = tmp_path_factory.mktemp("corpus") / "corpus.csv"
-    pd.read_csv(moleculenet / "BBBP.csv")[["smiles"]].head(400).rename(columns={"smiles": "SMILES"}).to_csv(path, index=False)
+    pd.read_csv(moleculenet / "BBBP.csv")[["smiles"]].head(400).rename(columns={"smiles": "SMILES"}).to_csv(
+        path, index=False
+    )
     return path
 
 
 def settings_for(corpus, out, downstream=None, **train):
     dataset = downstream or {"name": "nci-tpsa"}
-    config = RunConfig.from_dict({"dataset": dataset, "model": MODEL, "train": {"epochs": 4, "batch_size": 64, "lr": 3e-3, "device": "cpu"} | train})
+    config = RunConfig.from_dict(
+        {
+            "dataset": dataset,
+            "model": MODEL,
+            "train": {"epochs": 4, "batch_size": 64, "lr": 3e-3, "device": "cpu"} | train,
+        }
+    )
     return PretrainSettings(corpus, out, config, downstream=(config.dataset,) if downstream else ())
 
 
@@ -39,23 +47,39 @@ def test_masked_atoms_and_bonds_are_never_seen_by_the_model(bbbp_small):
     hidden_bonds = hidden[batch.edge_index[0]] | hidden[batch.edge_index[1]]
     atoms, bonds = batch.atoms.clone(), batch.bonds.clone()
     atoms[hidden] = torch.randint(0, 2, (int(hidden.sum()), 9))  # other elements, charges, ... on the masked atoms
-    bonds[hidden_bonds] = torch.randint(0, 2, (int(hidden_bonds.sum()), 3))  # other bond types on the bonds touching them
+    bonds[hidden_bonds] = torch.randint(
+        0, 2, (int(hidden_bonds.sum()), 3)
+    )  # other bond types on the bonds touching them
     changed = type(batch)(**{**batch.__dict__, "atoms": atoms, "bonds": bonds})
 
     def states(b, **masks):
         return torch.cat(model.encode(b, **masks))
 
-    masked = {"hidden_atoms": hidden, "atom_token": head.atom_token, "hidden_bonds": hidden_bonds, "bond_token": head.bond_token}
-    assert torch.equal(states(batch, **masked), states(changed, **masked))  # nothing of a masked atom or bond reaches any state
+    masked = {
+        "hidden_atoms": hidden,
+        "atom_token": head.atom_token,
+        "hidden_bonds": hidden_bonds,
+        "bond_token": head.bond_token,
+    }
+    assert torch.equal(
+        states(batch, **masked), states(changed, **masked)
+    )  # nothing of a masked atom or bond reaches any state
     atoms_only = {"hidden_atoms": hidden, "atom_token": head.atom_token}
-    assert not torch.equal(states(batch, **atoms_only), states(changed, **atoms_only))  # the bonds' features do, unmasked
+    assert not torch.equal(
+        states(batch, **atoms_only), states(changed, **atoms_only)
+    )  # the bonds' features do, unmasked
     assert not torch.equal(states(batch), states(changed))
 
 
 def test_bond_masking_lowers_its_loss_and_says_so(corpus, tmp_path):
-    summary = pretrain(PretrainSettings(corpus, tmp_path / "pt", settings_for(corpus, tmp_path).config, mask_bonds=True))
+    summary = pretrain(
+        PretrainSettings(corpus, tmp_path / "pt", settings_for(corpus, tmp_path).config, mask_bonds=True)
+    )
     assert summary["loss_curve"][-1] < 0.7 * summary["loss_curve"][0]
-    assert summary["objective"] == "attribute masking (the element of 15% of atoms, and the type of the bonds touching them)"
+    assert (
+        summary["objective"]
+        == "attribute masking (the element of 15% of atoms, and the type of the bonds touching them)"
+    )
 
 
 @pytest.mark.parametrize("mask_bonds", [False, True])
@@ -94,7 +118,9 @@ def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(cor
     checkpoint = torch.load(tmp_path / "pt" / "pretrained.pt", weights_only=True)
     assert checkpoint["objective"].startswith("attribute masking") and len(checkpoint["loss_curve"]) == 4
 
-    trainer = Trainer(tiny_config(**MODEL).with_overrides(train={"init": str(tmp_path / "pt" / "pretrained.pt")}), bbbp_small)
+    trainer = Trainer(
+        tiny_config(**MODEL).with_overrides(train={"init": str(tmp_path / "pt" / "pretrained.pt")}), bbbp_small
+    )
     model = trainer.build_model()
     for name, value in model.state_dict().items():
         if name.startswith("readout."):
@@ -106,14 +132,18 @@ def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(cor
 
 def test_a_checkpoint_of_another_architecture_is_refused(corpus, bbbp_small, tmp_path, capsys):
     pretrain(settings_for(corpus, tmp_path / "pt", epochs=1))
-    wider = tiny_config(**(MODEL | {"hidden": 32})).with_overrides(train={"init": str(tmp_path / "pt" / "pretrained.pt")})
+    wider = tiny_config(**(MODEL | {"hidden": 32})).with_overrides(
+        train={"init": str(tmp_path / "pt" / "pretrained.pt")}
+    )
     with pytest.raises(UserError, match=r"pre-trained with model.hidden = 16, but this config has 32"):
         Trainer(wider, bbbp_small).build_model()
     assert cli.main(["train", "--dataset", "nci-tpsa", "--init", str(tmp_path / "none.pt"), "--device", "cpu"]) == 2
     assert "train.init: no checkpoint at" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="2"):
         cli.main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--mask-rate", "1.5"])
-    assert capsys.readouterr().err.strip().splitlines() == ["error: argument --mask-rate: must be a fraction in (0, 1], got 1.5 (see ggt-search pretrain --help)"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: argument --mask-rate: must be a fraction in (0, 1], got 1.5 (see ggt-search pretrain --help)"
+    ]
 
 
 def test_the_leakage_guard_removes_the_downstream_validation_and_test_molecules(moleculenet, tmp_path):
@@ -135,12 +165,28 @@ def test_a_search_can_choose_between_scratch_and_a_checkpoint(corpus, tmp_path):
 
     pretrain(settings_for(corpus, tmp_path / "pt", epochs=1))
     space = tmp_path / "space.yaml"
-    space.write_text(f"train.init: {{choices: [null, {tmp_path / 'pt' / 'pretrained.pt'}]}}\nmodel.layers: 2\nmodel.hidden: 16\nmodel.pe_dim: 4\n")
-    base = RunConfig.from_dict({"dataset": str(corpus.parent / "labelled.csv"), "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+    space.write_text(
+        f"train.init: {{choices: [null, {tmp_path / 'pt' / 'pretrained.pt'}]}}\nmodel.layers: 2\nmodel.hidden: "
+        "16\nmodel.pe_dim: 4\n"
+    )
+    base = RunConfig.from_dict(
+        {"dataset": str(corpus.parent / "labelled.csv"), "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}}
+    )
     pd.read_csv(corpus).assign(y=[i % 2 for i in range(400)]).to_csv(corpus.parent / "labelled.csv", index=False)
-    study = search(SearchSettings(study="s", base=base, space_file=str(space), trials=2, sampler="grid", pruner="none",
-                                  storage=f"sqlite:///{tmp_path}/s.db"))
-    assert sorted(str(t.params["train.init"]) for t in study.trials) == sorted(["None", str(tmp_path / "pt" / "pretrained.pt")])
+    study = search(
+        SearchSettings(
+            study="s",
+            base=base,
+            space_file=str(space),
+            trials=2,
+            sampler="grid",
+            pruner="none",
+            storage=f"sqlite:///{tmp_path}/s.db",
+        )
+    )
+    assert sorted(str(t.params["train.init"]) for t in study.trials) == sorted(
+        ["None", str(tmp_path / "pt" / "pretrained.pt")]
+    )
     assert all(t.state.name == "COMPLETE" for t in study.trials)
 
 

@@ -44,8 +44,15 @@ def space(tmp_path):
 
 
 def settings(tmp_path, bbbp_csv, space, **overrides):
-    base = RunConfig.from_dict({"dataset": str(bbbp_csv), "model": {"dropout": 0.0}, "train": {"epochs": 4, "batch_size": 64, "device": "cpu"}})
-    values = dict(study="s", base=base, space_file=str(space), trials=8, storage=f"sqlite:///{tmp_path}/study.db", heartbeat=2) | overrides
+    base = RunConfig.from_dict(
+        {"dataset": str(bbbp_csv), "model": {"dropout": 0.0}, "train": {"epochs": 4, "batch_size": 64, "device": "cpu"}}
+    )
+    values = (
+        dict(
+            study="s", base=base, space_file=str(space), trials=8, storage=f"sqlite:///{tmp_path}/study.db", heartbeat=2
+        )
+        | overrides
+    )
     return SearchSettings(**values)
 
 
@@ -58,7 +65,9 @@ def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
         assert {"config", "parameters", "epochs", "seconds", "best_epoch", "curve"} <= set(trial.user_attrs)
         assert len(trial.intermediate_values) == trial.user_attrs["epochs"] == 4
     best = study.best_trial
-    assert best.user_attrs["weights"] == "artifact: best.pt" and optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
+    assert best.user_attrs["weights"] == "artifact: best.pt" and optuna.artifacts.get_all_artifact_meta(
+        best, storage=study._storage
+    )
     assert "[8/8] trial 7" in capsys.readouterr().out
 
     again = search(settings(tmp_path, bbbp_csv, space, pruner="hyperband", trials=10))  # same study: two more
@@ -78,9 +87,13 @@ def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, spac
     cli.main([*final, "--seeds", "0,1", "--workers", "2", "--out", str(out)])  # two seeds at once, in two processes
     summary = json.loads((out / "summary.json").read_text())
     best = study.best_trial.user_attrs["config"]
-    assert summary["config"]["model"] == best["model"] and summary["config"]["train"]["epochs"] == 1  # flags still override
+    assert (
+        summary["config"]["model"] == best["model"] and summary["config"]["train"]["epochs"] == 1
+    )  # flags still override
     assert summary["seeds"] == [0, 1] and 0 <= summary["test"]["mean"] <= 1
-    cli.main([*final, "--seeds", "1", "--out", str(tmp_path / "alone")])  # a seed's result does not depend on the workers
+    cli.main(
+        [*final, "--seeds", "1", "--out", str(tmp_path / "alone")]
+    )  # a seed's result does not depend on the workers
     assert json.loads((tmp_path / "alone" / "summary.json").read_text())["per_seed"]["1"] == summary["per_seed"]["1"]
     assert cli.main(["evaluate", "--from-study", "nope", "--storage", storage]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: no study 'nope' in {storage}; studies there: s"]
@@ -88,7 +101,10 @@ def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, spac
 
 def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp_path, bbbp_csv):
     space = tmp_path / "faulty.yaml"
-    space.write_text("train.device: {choices: [cpu, 'cuda:7']}\ntrain.lr: {choices: [1.0e-3, 1.0e+9]}\nmodel.hidden: 8\nmodel.layers: 1\n")
+    space.write_text(
+        "train.device: {choices: [cpu, 'cuda:7']}\ntrain.lr: {choices: [1.0e-3, 1.0e+9]}\n"
+        "model.hidden: 8\nmodel.layers: 1\n"
+    )
     study = search(settings(tmp_path, bbbp_csv, space, sampler="grid", trials=4, pruner="none"))
     by_params = {(t.params["train.device"], t.params["train.lr"]): t for t in study.trials}
     assert len(by_params) == 4
@@ -105,18 +121,24 @@ def test_a_controlled_design_varies_one_dimension_per_group_and_the_report_ranks
     from ggt_search.study import design_dimensions
 
     study = search(settings(tmp_path, bbbp_csv, space, sampler="controlled", trials=9))
-    assert len(study.trials) == 9 and all(t.state == TrialState.COMPLETE for t in study.trials)  # no pruner: groups train to the end
+    assert len(study.trials) == 9 and all(
+        t.state == TrialState.COMPLETE for t in study.trials
+    )  # no pruner: groups train to the end
     dimensions = design_dimensions(load_space(space))
     groups = {}
     for t in study.trials:
         if "design_group" in t.user_attrs:
             groups.setdefault(t.user_attrs["design_group"], []).append(t)
-    assert len(groups) >= 3 and sum(map(len, groups.values())) >= 8  # at most one lone head, when no group fits the room left
+    assert (
+        len(groups) >= 3 and sum(map(len, groups.values())) >= 8
+    )  # at most one lone head, when no group fits the room left
     seeds = set()
     for number, members in groups.items():
         dimension = members[0].user_attrs["design_dimension"]
         assert {t.user_attrs["design_dimension"] for t in members} == {dimension}
-        assert sorted(str(t.params[dimension]) for t in members) == sorted(map(str, dimensions[dimension]))  # each choice once
+        assert sorted(str(t.params[dimension]) for t in members) == sorted(
+            map(str, dimensions[dimension])
+        )  # each choice once
         head = next(t for t in members if t.number == number)
         for sibling in members:  # every other parameter the two share is the head's
             shared = (set(head.params) & set(sibling.params)) - {dimension}
@@ -137,21 +159,48 @@ def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
     from ggt_search.train import Trainer
 
     original = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, model, split: original(self, model, split) if split != "test" else pytest.fail("test read"))
+    monkeypatch.setattr(
+        Trainer,
+        "evaluate",
+        lambda self, model, split: original(self, model, split) if split != "test" else pytest.fail("test read"),
+    )
     search(settings(tmp_path, bbbp_csv, space, trials=2))
 
 
 def test_killed_worker_trial_is_failed_and_retried(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/killed.db"
-    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "k", "--space", str(space), "--trials", "1",
-               "--epochs", "40", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--heartbeat", "30"]
-    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "ggt_search.cli",
+        "search",
+        "--study",
+        "k",
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--epochs",
+        "40",
+        "--dataset",
+        str(bbbp_csv),
+        "--device",
+        "cpu",
+        "--storage",
+        storage,
+        "--heartbeat",
+        "30",
+    ]
+    worker = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
     wait_for_epochs(storage, "k", 2)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert optuna.load_study(study_name="k", storage=storage).trials[0].state == TrialState.RUNNING
 
-    # Rerun at once: the killed trial still looks alive. The rerun says so and when it will be retried, and trains nothing.
+    # Rerun at once: the killed trial still looks alive. The rerun says so and when it will be retried,
+    # and trains nothing.
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "1 trial(s) still RUNNING in another worker: trial 0 (last heartbeat" in rerun.stdout
@@ -185,9 +234,32 @@ def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
     if not url:
         pytest.skip("GGT_TEST_POSTGRES_URL not set (tests/run.sh starts a server)")
     study_name = f"pg-{os.getpid()}-{time.time_ns()}"
-    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", study_name, "--space", str(space), "--trials", "6",
-               "--epochs", "3", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", url, "--artifacts", str(tmp_path / "a")]
-    workers = [subprocess.Popen(command + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "ggt_search.cli",
+        "search",
+        "--study",
+        study_name,
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--epochs",
+        "3",
+        "--dataset",
+        str(bbbp_csv),
+        "--device",
+        "cpu",
+        "--storage",
+        url,
+        "--artifacts",
+        str(tmp_path / "a"),
+    ]
+    workers = [
+        subprocess.Popen(command + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     trials = optuna.load_study(study_name=study_name, storage=url).trials
@@ -199,12 +271,15 @@ def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
     assert all(sum(f"trial {t.number} " in out for out in outputs) == 1 for t in finished)  # each trained by one worker
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model.convv: {choices: [gcn]}\n", "unknown key 'model.convv'"),
-    ("model.layers: {int: [4, 2]}\n", r"model.layers.int must be \[low, high\]"),
-    ("model.ffn_ratio: {choices: [2], when: {model.ffn: [true]}}\n", "not an earlier key"),
-    ("model.layers: {choices: [2], int: [1, 3]}\n", "exactly one of"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model.convv: {choices: [gcn]}\n", "unknown key 'model.convv'"),
+        ("model.layers: {int: [4, 2]}\n", r"model.layers.int must be \[low, high\]"),
+        ("model.ffn_ratio: {choices: [2], when: {model.ffn: [true]}}\n", "not an earlier key"),
+        ("model.layers: {choices: [2], int: [1, 3]}\n", "exactly one of"),
+    ],
+)
 def test_invalid_space_names_the_key(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -225,13 +300,22 @@ def test_default_space_loads_and_covers_the_issue():
     assert space["model.ffn_ratio"]["choices"] == [1, 2, 4, 8]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model.conv: {choices: [gcn, transformer]}\n", "model.conv value 'transformer': model.conv = 'transformer' is not one of"),
-    ("train.lr: {float: [0.0, 0.01], log: true}\n", "log-scaled, so its low bound must be > 0"),
-    ("model.layers: {int: [a, b]}\n", "must be \\[low, high\\], integers"),
-    ("model.layers: {int: [0, 2]}\n", "model.layers value 0: model.layers must be >= 1"),
-    ("model.residual: {choices: ['no', true]}\n", "model.residual value 'no': model.residual must be true or false"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "model.conv: {choices: [gcn, transformer]}\n",
+            "model.conv value 'transformer': model.conv = 'transformer' is not one of",
+        ),
+        ("train.lr: {float: [0.0, 0.01], log: true}\n", "log-scaled, so its low bound must be > 0"),
+        ("model.layers: {int: [a, b]}\n", "must be \\[low, high\\], integers"),
+        ("model.layers: {int: [0, 2]}\n", "model.layers value 0: model.layers must be >= 1"),
+        (
+            "model.residual: {choices: ['no', true]}\n",
+            "model.residual value 'no': model.residual must be true or false",
+        ),
+    ],
+)
 def test_every_value_of_a_space_is_checked_before_the_study_exists(tmp_path, bbbp_csv, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -243,10 +327,34 @@ def test_every_value_of_a_space_is_checked_before_the_study_exists(tmp_path, bbb
 def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/stopped.db"
     # A trial far longer than any machine's wait for its first epoch: the Ctrl-C always finds it running.
-    command = [sys.executable, "-m", "ggt_search.cli", "search", "--study", "c", "--space", str(space), "--trials", "1",
-               "--epochs", "10000", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage]
-    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                              preexec_fn=interruptible)
+    command = [
+        sys.executable,
+        "-m",
+        "ggt_search.cli",
+        "search",
+        "--study",
+        "c",
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--epochs",
+        "10000",
+        "--dataset",
+        str(bbbp_csv),
+        "--device",
+        "cpu",
+        "--storage",
+        storage,
+    ]
+    worker = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=interruptible,
+    )
     try:
         wait_for_epochs(storage, "c", 1)
         os.killpg(worker.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: SIGINT to the whole process group
@@ -278,8 +386,28 @@ def alive(pid: int) -> bool:
 
 def test_sigterm_stops_every_worker_and_keeps_finished_seeds(tmp_path, bbbp_csv):
     out = tmp_path / "eval"
-    command = [sys.executable, "-m", "ggt_search.cli", "evaluate", "--dataset", str(bbbp_csv), "--device", "cpu", "--layers", "1",
-               "--hidden", "8", "--epochs", "200", "--seeds", "0-3", "--workers", "2", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "ggt_search.cli",
+        "evaluate",
+        "--dataset",
+        str(bbbp_csv),
+        "--device",
+        "cpu",
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--epochs",
+        "200",
+        "--seeds",
+        "0-3",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
     parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not all((out / f"seed-{s}" / "metrics.csv").exists() for s in (0, 1)) and time.time() < deadline:
@@ -299,7 +427,29 @@ def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
     from ggt_search.workers import cpu_share
 
     out = tmp_path / "eval"
-    assert cli.main(["evaluate", "--dataset", str(bbbp_csv), "--device", "cpu", "--layers", "1", "--hidden", "8", "--epochs", "1",
-                     "--seeds", "0,1", "--workers", "2", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--dataset",
+                str(bbbp_csv),
+                "--device",
+                "cpu",
+                "--layers",
+                "1",
+                "--hidden",
+                "8",
+                "--epochs",
+                "1",
+                "--seeds",
+                "0,1",
+                "--workers",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     threads = [json.loads((out / f"seed-{s}" / "environment.json").read_text())["threads"] for s in (0, 1)]
     assert threads == [cpu_share(2)] * 2 == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2

@@ -8,18 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ggt_search import steps
 from ggt_search.batching import DeviceGraphs, round_up
 from ggt_search.config import ModelConfig, RunConfig
 from ggt_search.errors import UserError
 from ggt_search.metrics import masked_loss
 from ggt_search.model import GatedGraphTransformer, in_degree_histogram, training_cycle_maxima
-from ggt_search import steps
 from ggt_search.steps import CUDAGraphStep, TrainStep, train_steps, undone
 from ggt_search.train import Trainer
 from tests.conftest import tiny_config
 
 aten = torch.ops.aten
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run bench/gpu.sh on the GPU machine)")
+cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (run bench/gpu.sh on the GPU machine)"
+)
 
 
 def padded_twin(data: DeviceGraphs, graphs: torch.Tensor, slots: int):
@@ -44,18 +46,21 @@ def test_padded_batch_holds_the_same_graphs_plus_inert_padding(bbbp_small):
     assert padded.real_graphs == 29 and padded.num_segments == 33
 
 
-@pytest.mark.parametrize("fields", [
-    {},
-    {"norm": "graph", "pooling": "max", "pe_injection": "add"},
-    {"norm": "layer", "norm_position": "post", "conv": "gcn", "virtual_node": True},
-    {"conv": "gcn", "aggregation": "pna", "pooling": "sum", "residual": False},
-    {"conv": "mlp", "ffn": False, "pe_dim": 0},
-    {"norm": "batch", "virtual_node": True, "norm_position": "post"},
-    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True},
-    {"conv": "gcn", "aggregation": "powermean", "global_attention": "lrga"},
-    {"global_attention": "transformer", "norm": "graph"},
-    {"substructures": True},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"norm": "graph", "pooling": "max", "pe_injection": "add"},
+        {"norm": "layer", "norm_position": "post", "conv": "gcn", "virtual_node": True},
+        {"conv": "gcn", "aggregation": "pna", "pooling": "sum", "residual": False},
+        {"conv": "mlp", "ffn": False, "pe_dim": 0},
+        {"norm": "batch", "virtual_node": True, "norm_position": "post"},
+        {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True},
+        {"conv": "gcn", "aggregation": "powermean", "global_attention": "lrga"},
+        {"global_attention": "transformer", "norm": "graph"},
+        {"substructures": True},
+    ],
+)
 def test_padded_batches_give_the_same_outputs_gradients_and_statistics(bbbp_small, fields):
     data = DeviceGraphs(bbbp_small, "cpu", pe_dim=8, substructures=True)
     config = ModelConfig(**({"layers": 2, "hidden": 16, "pe_dim": 8, "dropout": 0.0, "pe_sign_flip": "off"} | fields))
@@ -83,9 +88,19 @@ def seeded_epochs(trainer: Trainer, epochs: int, dtype: torch.dtype, padded: boo
     trainer.data.pe, trainer.data.y = trainer.data.pe.to(dtype), trainer.data.y.to(dtype)
     torch.manual_seed(0)
     step = trainer.make_step(trainer.build_model().to(dtype))
-    losses = [train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
-                                                             generator=torch.Generator().manual_seed(epoch), padded=padded))
-              for epoch in range(epochs)]
+    losses = [
+        train_steps(
+            step,
+            trainer.data.batches(
+                trainer.data.split["train"],
+                48,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(epoch),
+                padded=padded,
+            ),
+        )
+        for epoch in range(epochs)
+    ]
     return losses, step.module.state_dict()
 
 
@@ -98,7 +113,8 @@ def test_padded_epochs_train_exactly_like_unpadded_ones_in_float64(bbbp_small):
     """Where the arithmetic is exact up to summation order (float64), padding changes nothing:
     three epochs of Adam give the same losses and weights to 1e-9."""
     (plain_losses, plain_state), (padded_losses, padded_state) = train_padded_and_plain(
-        Trainer(tiny_config(pe_sign_flip="off"), bbbp_small), epochs=3, dtype=torch.float64)
+        Trainer(tiny_config(pe_sign_flip="off"), bbbp_small), epochs=3, dtype=torch.float64
+    )
     assert plain_losses == pytest.approx(padded_losses, rel=1e-9)
     for name, value in plain_state.items():
         torch.testing.assert_close(padded_state[name], value, rtol=1e-9, atol=1e-9, msg=name)
@@ -109,7 +125,9 @@ def test_a_padded_float32_epoch_stays_within_adams_reach(bbbp_small):
     steps of about lr: two runs of S steps can part by at most about 2 S lr per weight
     (Adam's step is bounded by lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr, typically ~lr)."""
     trainer = Trainer(tiny_config(pe_sign_flip="off"), bbbp_small)
-    (plain_losses, plain_state), (padded_losses, padded_state) = train_padded_and_plain(trainer, epochs=1, dtype=torch.float32)
+    (plain_losses, plain_state), (padded_losses, padded_state) = train_padded_and_plain(
+        trainer, epochs=1, dtype=torch.float32
+    )
     steps = len(trainer.data.split["train"]) // 48
     assert plain_losses == pytest.approx(padded_losses, rel=1e-4)
     for name, value in plain_state.items():
@@ -142,7 +160,9 @@ def test_padded_shapes_repeat_across_epochs(bbbp):
     data = DeviceGraphs(bbbp, "cpu")
     shapes, real_rows, rows = set(), 0, 0
     for epoch in range(8):
-        for batch in data.batches(data.split["train"], 128, shuffle=True, generator=torch.Generator().manual_seed(epoch), padded=True):
+        for batch in data.batches(
+            data.split["train"], 128, shuffle=True, generator=torch.Generator().manual_seed(epoch), padded=True
+        ):
             shapes.add(batch.shape())
             assert batch.node_mask.sum() < len(batch.atoms) and batch.edge_mask.sum() <= len(batch.bonds)
             real_rows += int(batch.node_mask.sum())
@@ -155,8 +175,13 @@ class NoHostSync(TorchDispatchMode):
     """Fails on the aten ops that would make a GPU wait for the host: reading a value back,
     or an output shape that depends on the data. A CPU stand-in for CUDA's sync debug mode."""
 
-    SYNCING = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default, aten.unique_consecutive.default,
-               aten._unique2.default}
+    SYNCING = {
+        aten._local_scalar_dense.default,
+        aten.nonzero.default,
+        aten.masked_select.default,
+        aten.unique_consecutive.default,
+        aten._unique2.default,
+    }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -167,9 +192,16 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("fields", [{}, {"norm": "graph", "virtual_node": True, "pe_sign_flip": "graph"}, {"conv": "gcn", "aggregation": "pna"},
-                                    {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True, "global_attention": "lrga"},
-                                    {"aggregation": "powermean", "global_attention": "transformer", "substructures": True}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"norm": "graph", "virtual_node": True, "pe_sign_flip": "graph"},
+        {"conv": "gcn", "aggregation": "pna"},
+        {"aggregation": "softmax", "message_norm": True, "graph_size_norm": True, "global_attention": "lrga"},
+        {"aggregation": "powermean", "global_attention": "transformer", "substructures": True},
+    ],
+)
 def test_a_padded_step_never_waits_for_the_host(bbbp_small, fields):
     """Batch building, forward, loss and backward of a padded batch: no value read back, no data-dependent shape."""
     trainer = Trainer(tiny_config(dropout=0.2, **fields), bbbp_small)
@@ -202,9 +234,13 @@ def test_masked_loss_equals_the_mean_over_labelled_entries():
 @pytest.mark.parametrize("first_step", [True, False], ids=["adam-state-exists", "fresh-adam"])
 def test_warm_up_steps_before_a_capture_leave_no_trace(bbbp_small, first_step):
     """A capture's eager warm-up is undone: the next real steps train as if it never ran."""
-    trainer = Trainer(tiny_config(dropout=0.3, virtual_node=True), bbbp_small)  # dropout and sign flips draw random numbers
+    trainer = Trainer(
+        tiny_config(dropout=0.3, virtual_node=True), bbbp_small
+    )  # dropout and sign flips draw random numbers
     graphs = trainer.data.split["train"]
-    batches = list(trainer.data.batches(graphs, 48, shuffle=True, generator=torch.Generator().manual_seed(0), padded=True))
+    batches = list(
+        trainer.data.batches(graphs, 48, shuffle=True, generator=torch.Generator().manual_seed(0), padded=True)
+    )
     states = []
     for warm_up in (False, True):
         torch.manual_seed(0)
@@ -250,12 +286,15 @@ def test_padded_batches_and_graph_steps_never_sync_with_the_host(bbbp_small):
 
 
 @cuda
-@pytest.mark.parametrize("fast", [
-    {"cuda_graphs": True, "precision": "fp32"},
-    {"cuda_graphs": True, "precision": "bf16"},
-    {"compile": True, "precision": "fp32"},
-    {"compile": True, "cuda_graphs": True, "precision": "bf16"},
-])
+@pytest.mark.parametrize(
+    "fast",
+    [
+        {"cuda_graphs": True, "precision": "fp32"},
+        {"cuda_graphs": True, "precision": "bf16"},
+        {"compile": True, "precision": "fp32"},
+        {"compile": True, "cuda_graphs": True, "precision": "bf16"},
+    ],
+)
 def test_fast_training_equals_eager_training(bbbp_small, fast):
     """The same seed and the same padded batches: graph replays and inductor's compiled
     kernels (alone or captured) reach the eager steps' losses and metric."""
@@ -266,9 +305,19 @@ def test_fast_training_equals_eager_training(bbbp_small, fast):
         torch.manual_seed(0)
         step = trainer.make_step(trainer.build_model())
         assert isinstance(step, CUDAGraphStep) == trainer.config.train.cuda_graphs
-        losses = [train_steps(step, trainer.data.batches(trainer.data.split["train"], 48, shuffle=True,
-                                                                 generator=torch.Generator().manual_seed(epoch), padded=True))
-                  for epoch in range(3)]
+        losses = [
+            train_steps(
+                step,
+                trainer.data.batches(
+                    trainer.data.split["train"],
+                    48,
+                    shuffle=True,
+                    generator=torch.Generator().manual_seed(epoch),
+                    padded=True,
+                ),
+            )
+            for epoch in range(3)
+        ]
         results.append((losses, trainer.evaluate(step.module, "valid")[1]))
     (eager_losses, eager_valid), (fast_losses, fast_valid) = results
     if fast["precision"] == "bf16":
@@ -311,9 +360,13 @@ def test_a_captured_step_follows_the_schedulers_learning_rate(bbbp_small):
 def test_bench_times_both_paths_and_profiles_a_step(moleculenet, tmp_path):
     from ggt_search.bench import run_bench, write_report
 
-    config = RunConfig.from_dict({"dataset": {"name": "ogbg-molbbbp", "source": str(moleculenet)},
-                                  "model": {"layers": 1, "hidden": 16, "pe_dim": 4},
-                                  "train": {"batch_size": 32, "device": "cpu"}})
+    config = RunConfig.from_dict(
+        {
+            "dataset": {"name": "ogbg-molbbbp", "source": str(moleculenet)},
+            "model": {"layers": 1, "hidden": 16, "pe_dim": 4},
+            "train": {"batch_size": 32, "device": "cpu"},
+        }
+    )
     report = run_bench(config, max_graphs=96, profile_out=tmp_path, repeats=2)
     write_report(report, tmp_path)
     assert report["graphs_per_epoch"] == 96 and report["epochs_timed"] == 2

@@ -51,9 +51,18 @@ def test_regression_reports_rmse_in_target_units():
 
 def test_our_metrics_equal_ogb_evaluator():
     rng = np.random.default_rng(0)
-    for name, metric, tasks in (("ogbg-molhiv", "rocauc", 1), ("ogbg-moltox21", "rocauc", 12), ("ogbg-molmuv", "ap", 17),
-                                ("ogbg-molesol", "rmse", 1), ("ogbg-molesol", "rmse", 3)):  # OGB's RMSE: per task, then averaged
-        truth = rng.integers(0, 2, (400, tasks)).astype(float) if metric != "rmse" else rng.normal(size=(400, tasks)) * np.arange(1, tasks + 1)
+    for name, metric, tasks in (
+        ("ogbg-molhiv", "rocauc", 1),
+        ("ogbg-moltox21", "rocauc", 12),
+        ("ogbg-molmuv", "ap", 17),
+        ("ogbg-molesol", "rmse", 1),
+        ("ogbg-molesol", "rmse", 3),
+    ):  # OGB's RMSE: per task, then averaged
+        truth = (
+            rng.integers(0, 2, (400, tasks)).astype(float)
+            if metric != "rmse"
+            else rng.normal(size=(400, tasks)) * np.arange(1, tasks + 1)
+        )
         truth[rng.random(truth.shape) < 0.3] = np.nan  # missing labels, as in tox21 and muv
         pred = rng.random((400, tasks))
         evaluator = Evaluator(name)
@@ -78,6 +87,7 @@ def test_evaluate_two_seeds_resumes(bbbp_small, tmp_path, monkeypatch):
 
     def no_training(config):
         raise AssertionError("a finished seed was trained again")
+
     monkeypatch.setattr(evaluate, "Trainer", no_training)
     assert evaluate_seeds(tiny_config(), [0, 1], tmp_path)["test"] == summary["test"]
     longer = tiny_config().with_overrides(train={"epochs": 3})  # another config: the finished seeds are not its results
@@ -86,18 +96,38 @@ def test_evaluate_two_seeds_resumes(bbbp_small, tmp_path, monkeypatch):
 
 
 def test_cli_train_end_to_end_on_a_shared_table(moleculenet, tmp_path, capsys):
-    code = cli.main(["train", "--dataset", "ogbg-molbbbp", "--source", str(moleculenet), "--layers", "1", "--hidden", "8",
-                     "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "train",
+            "--dataset",
+            "ogbg-molbbbp",
+            "--source",
+            str(moleculenet),
+            "--layers",
+            "1",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["metric"] == "rocauc"
     assert "best epoch 1" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--config", "nowhere.yaml"], "config file not found"),
-    (["train", "--dataset", "ogbg-molfoo"], "unknown OGB dataset"),
-    (["evaluate", "--seeds", "a-b"], "bad seed list"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "nowhere.yaml"], "config file not found"),
+        (["train", "--dataset", "ogbg-molfoo"], "unknown OGB dataset"),
+        (["evaluate", "--seeds", "a-b"], "bad seed list"),
+    ],
+)
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -110,15 +140,18 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
     assert "unknown model key(s) ['hiden']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("section, values, message", [
-    ("model", {"residual": "no"}, "model.residual must be true or false, got 'no'"),
-    ("model", {"layers": True}, "model.layers must be an integer, got True"),
-    ("model", {"dropout": "0.1"}, "model.dropout must be a finite number, got '0.1'"),
-    ("dataset", {"name": "x.csv", "split_seed": "x"}, "dataset.split_seed must be an integer, got 'x'"),
-    ("train", {"weight_decay": -1}, r"train.weight_decay must be >= 0, got -1"),
-    ("train", {"lr": float("inf")}, "train.lr must be a finite number, got inf"),
-    ("train", {"batch_size": 1}, "train.batch_size must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("model", {"residual": "no"}, "model.residual must be true or false, got 'no'"),
+        ("model", {"layers": True}, "model.layers must be an integer, got True"),
+        ("model", {"dropout": "0.1"}, "model.dropout must be a finite number, got '0.1'"),
+        ("dataset", {"name": "x.csv", "split_seed": "x"}, "dataset.split_seed must be an integer, got 'x'"),
+        ("train", {"weight_decay": -1}, r"train.weight_decay must be >= 0, got -1"),
+        ("train", {"lr": float("inf")}, "train.lr must be a finite number, got inf"),
+        ("train", {"batch_size": 1}, "train.batch_size must be >= 2"),
+    ],
+)
 def test_config_values_of_the_wrong_type_or_range_are_named(section, values, message):
     from ggt_search.config import RunConfig
     from ggt_search.errors import UserError
@@ -127,21 +160,24 @@ def test_config_values_of_the_wrong_type_or_range_are_named(section, values, mes
         RunConfig.from_dict({section: values})
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--lr", "inf"], "train.lr must be a finite number, got inf"),
-    (["train", "--weight-decay", "-1"], "train.weight_decay must be >= 0"),
-    (["search", "--study", "s", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
-    (["search", "--study", "s", "--trials", "-3"], "argument --trials: must be >= 1, got -3"),
-    (["search", "--study", "s", "--trials", "0"], "argument --trials: must be >= 1, got 0"),
-    (["search", "--study", "s", "--heartbeat", "0"], "argument --heartbeat: must be >= 1, got 0"),
-    (["evaluate", "--workers", "0"], "argument --workers: must be >= 1"),
-    (["evaluate", "--seeds", "0,0"], r"names seed\(s\) \[0\] more than once"),
-    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1"),
-    (["bench", "--max-graphs", "0"], "argument --max-graphs: must be >= 2"),
-    (["dashboard", "--port", "99999"], "must be a TCP port, 1-65535, got 99999"),
-    (["dashboard", "--port", "-1"], "argument --port: must be >= 1, got -1"),
-    (["ablate", "ablations/convolution.yaml", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lr", "inf"], "train.lr must be a finite number, got inf"),
+        (["train", "--weight-decay", "-1"], "train.weight_decay must be >= 0"),
+        (["search", "--study", "s", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+        (["search", "--study", "s", "--trials", "-3"], "argument --trials: must be >= 1, got -3"),
+        (["search", "--study", "s", "--trials", "0"], "argument --trials: must be >= 1, got 0"),
+        (["search", "--study", "s", "--heartbeat", "0"], "argument --heartbeat: must be >= 1, got 0"),
+        (["evaluate", "--workers", "0"], "argument --workers: must be >= 1"),
+        (["evaluate", "--seeds", "0,0"], r"names seed\(s\) \[0\] more than once"),
+        (["bench", "--repeats", "0"], "argument --repeats: must be >= 1"),
+        (["bench", "--max-graphs", "0"], "argument --max-graphs: must be >= 2"),
+        (["dashboard", "--port", "99999"], "must be a TCP port, 1-65535, got 99999"),
+        (["dashboard", "--port", "-1"], "argument --port: must be >= 1, got -1"),
+        (["ablate", "ablations/convolution.yaml", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    ],
+)
 def test_bad_arguments_are_one_line_without_traceback(argv, message, capsys):
     try:
         code = cli.main(argv)
@@ -154,9 +190,11 @@ def test_bad_arguments_are_one_line_without_traceback(argv, message, capsys):
 
 def test_read_only_commands_never_create_a_database(tmp_path, capsys):
     missing = tmp_path / "nowhere.db"
-    for argv in (["evaluate", "--from-study", "s", "--storage", f"sqlite:///{missing}"],
-                 ["report", "s", "--storage", f"sqlite:///{missing}"],
-                 ["dashboard", "--storage", f"sqlite:///{missing}"]):
+    for argv in (
+        ["evaluate", "--from-study", "s", "--storage", f"sqlite:///{missing}"],
+        ["report", "s", "--storage", f"sqlite:///{missing}"],
+        ["dashboard", "--storage", f"sqlite:///{missing}"],
+    ):
         assert cli.main(argv) == 2
         assert "no study storage at" in capsys.readouterr().err
     assert not missing.exists()
@@ -180,7 +218,10 @@ def test_help_answers_without_importing_torch():
     import subprocess
     import sys
 
-    code = "import sys; from ggt_search import cli; cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys; from ggt_search import cli; cli.build_parser(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -194,6 +235,7 @@ def test_every_choice_flag_offers_exactly_its_config_fields_options():
     cli.add_config_flags(parser)
     offered = {action.dest: tuple(action.choices) for action in parser._actions if action.choices}
     sections = (("model", ModelConfig), ("train", TrainConfig))
-    expected = choices(DatasetSpec) | {f"{section}.{name}": options for section, cls in sections
-                                       for name, options in choices(cls).items()}
+    expected = choices(DatasetSpec) | {
+        f"{section}.{name}": options for section, cls in sections for name, options in choices(cls).items()
+    }
     assert offered == expected and "model.conv" in offered

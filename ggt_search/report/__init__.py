@@ -28,13 +28,15 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
     """A report of each named search study or ablation (an ablation on several datasets is one name, its group)."""
     store = open_storage(storage, must_exist=True)
     summaries = optuna.get_all_study_summaries(store)
-    groups = {name: [s.study_name for s in summaries if (StudyRecord.of(s).group or s.study_name) == name]
-              for name in names}
+    groups = {
+        name: [s.study_name for s in summaries if (StudyRecord.of(s).group or s.study_name) == name] for name in names
+    }
     missing = [name for name, members in groups.items() if not members]
     if missing:
         known = sorted({StudyRecord.of(s).group or s.study_name for s in summaries})
-        raise UserError(f"no study named {', '.join(missing)} in {storage}; "
-                        f"studies there: {', '.join(known) or 'none'}")
+        raise UserError(
+            f"no study named {', '.join(missing)} in {storage}; studies there: {', '.join(known) or 'none'}"
+        )
     page = Page(out, f"ggt-search report: {', '.join(names)}")
     studies = []
     with report_style():
@@ -59,12 +61,18 @@ def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> No
         if record.command:
             page.text(f"{s.study_name}: {record.command}")
         if d := record.summary or record.dataset:  # split sizes, or the split rule (a search from before StudyRecord)
-            page.text(f"{s.study_name}: dataset {d['name']}, sha256 {record.checksum or 'not recorded'}, "
-                      f"split {d['split']}")
+            page.text(
+                f"{s.study_name}: dataset {d['name']}, sha256 {record.checksum or 'not recorded'}, split {d['split']}"
+            )
         if record.ablation:
             page.text(f"{s.study_name}: seeds {record.ablation['seeds']}")
-    groups = pd.DataFrame([{"study": s.study_name, **run_provenance(TrialRecord.of(t))}
-                           for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
+    groups = pd.DataFrame(
+        [
+            {"study": s.study_name, **run_provenance(TrialRecord.of(t))}
+            for s in studies
+            for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ]
+    )
     if not groups.empty:
         page.heading("Code, packages, hardware and starting weights of the runs (as recorded by each run)", 3)
         page.table(groups.groupby(list(groups.columns)).size().reset_index(name="runs"))

@@ -26,9 +26,16 @@ from ggt_search.report.statistics import ALPHA, holm, holm_levels, mean_interval
 
 # Published test ROC-AUC (x 100, mean +- std over 10 seeds) of a 5-layer GIN without pre-training on OGB's
 # scaffold splits (Hu et al., ICLR 2020, table 1): a yardstick for the baselines of the CPU suite.
-PUBLISHED_GIN = {"ogbg-molbbbp": (65.8, 4.5), "ogbg-moltox21": (74.0, 0.8), "ogbg-moltoxcast": (63.4, 0.6),
-                 "ogbg-molsider": (57.3, 1.6), "ogbg-molclintox": (58.0, 4.4), "ogbg-molmuv": (71.8, 2.5),
-                 "ogbg-molhiv": (75.3, 1.9), "ogbg-molbace": (70.1, 5.4)}
+PUBLISHED_GIN = {
+    "ogbg-molbbbp": (65.8, 4.5),
+    "ogbg-moltox21": (74.0, 0.8),
+    "ogbg-moltoxcast": (63.4, 0.6),
+    "ogbg-molsider": (57.3, 1.6),
+    "ogbg-molclintox": (58.0, 4.4),
+    "ogbg-molmuv": (71.8, 2.5),
+    "ogbg-molhiv": (75.3, 1.9),
+    "ogbg-molbace": (70.1, 5.4),
+}
 
 
 @dataclass
@@ -57,16 +64,39 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
             duplicate = t.state == TrialState.COMPLETE
             reason = "a duplicate of a finished run (kept out)" if duplicate else record.reason or ""
             if variant is not None and not reason.startswith("surplus"):
-                problems.append({"variant": variant, "seed": seed, "trial": t.number, "state": t.state.name.lower(),
-                                 "reason": reason})
+                problems.append(
+                    {
+                        "variant": variant,
+                        "seed": seed,
+                        "trial": t.number,
+                        "state": t.state.name.lower(),
+                        "reason": reason,
+                    }
+                )
             continue
         seen.add((variant, seed))
-        rows.append({"variant": variant, "seed": seed, "valid": t.value, "test": record.test,
-                     "parameters": record.parameters, "seconds_per_epoch": record.seconds_per_epoch,
-                     "best_epoch": record.best_epoch, "curve": record.curve})
+        rows.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "valid": t.value,
+                "test": record.test,
+                "parameters": record.parameters,
+                "seconds_per_epoch": record.seconds_per_epoch,
+                "best_epoch": record.best_epoch,
+                "curve": record.curve,
+            }
+        )
     described = StudyRecord.of(study)
-    return AblationRuns(study, described.summary["name"], described.metric, described.direction == "maximize",
-                        described.ablation, pd.DataFrame(rows), pd.DataFrame(problems))
+    return AblationRuns(
+        study,
+        described.summary["name"],
+        described.metric,
+        described.direction == "maximize",
+        described.ablation,
+        pd.DataFrame(rows),
+        pd.DataFrame(problems),
+    )
 
 
 def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
@@ -79,12 +109,22 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
         for variant in d.order[1:]:
             seeds = sorted(set(by_seed[variant].index) & set(base.index))
             own = by_seed[variant].loc[seeds]
-            test = paired_comparison(own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family,
-                                     d.info.get("effect"))
+            test = paired_comparison(
+                own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family, d.info.get("effect")
+            )
             valid = paired_comparison(own["valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy(), family)
-            rows.append({"dataset": d.dataset, "variant": variant, **test, "valid_diff": valid["mean_diff"],
-                         "p_valid": valid.get("p_t"), "higher": d.higher, "effect": d.info.get("effect"),
-                         "widest": WIDEST_DIFFERENCE.get(d.metric)})
+            rows.append(
+                {
+                    "dataset": d.dataset,
+                    "variant": variant,
+                    **test,
+                    "valid_diff": valid["mean_diff"],
+                    "p_valid": valid.get("p_t"),
+                    "higher": d.higher,
+                    "effect": d.info.get("effect"),
+                    "widest": WIDEST_DIFFERENCE.get(d.metric),
+                }
+            )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -105,16 +145,20 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
 def verdict(row: dict, higher_is_better: bool, effect: float | None) -> str:
     if not row["testable"]:
         return f"not testable ({row['why']})"
-    interval = (f"{row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
-                f"family-adjusted CI [{row['adj_low']:+.4f}, {row['adj_high']:+.4f}]")
+    interval = (
+        f"{row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
+        f"family-adjusted CI [{row['adj_low']:+.4f}, {row['adj_high']:+.4f}]"
+    )
     if row["p_holm"] < ALPHA:
         better = (row["mean_diff"] > 0) == higher_is_better
         return f"{'helps' if better else 'hurts'} ({interval}, Holm p = {row['p_holm']:.3g}, {row['n']} seeds)"
     text = f"no detectable effect at {row['n']} seeds ({interval}); with this spread, {row['n']} seeds "
     widest = row.get("widest")
     if widest is not None and row["detectable"] > widest:  # e.g. ±3.6 ROC-AUC: no real effect could show
-        text += (f"cannot detect even the largest difference the metric allows (±{widest:g}): "
-                 f"this comparison needs more seeds")
+        text += (
+            f"cannot detect even the largest difference the metric allows (±{widest:g}): "
+            f"this comparison needs more seeds"
+        )
     else:
         text += f"detect (80% power) only differences of ±{row['detectable']:.4f} or more"
     if effect is not None:
@@ -133,9 +177,11 @@ def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
     page.heading(f"Ablation: {info['idea']} ({group})")
     if info.get("question"):
         page.text(info["question"])
-    page.text(f"Datasets: {', '.join(d.dataset for d in datasets)}. Each variant changes one thing of the baseline; "
-              f"seeds {info['seeds']}; every run has the same epoch budget, no pruning; validation picks each run's "
-              f"epoch, and test is scored once, with that epoch's weights.")
+    page.text(
+        f"Datasets: {', '.join(d.dataset for d in datasets)}. Each variant changes one thing of the baseline; "
+        f"seeds {info['seeds']}; every run has the same epoch budget, no pruning; validation picks each run's "
+        f"epoch, and test is scored once, with that epoch's weights."
+    )
     comparison = compare(datasets)
     verdict_section(page, comparison, len(datasets))
     for d in datasets:
@@ -152,15 +198,17 @@ def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
 def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None:
     page.heading("Verdicts", 3)
     testable = int(comparison["testable"].sum()) if not comparison.empty else 0
-    page.text(f"Paired t-tests on test over matching seeds, Holm-corrected over all {testable} testable comparisons"
-              f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is "
-              f"each difference's own. The family-adjusted CI goes with the Holm decision: it is the t-interval at the "
-              f"level Holm's step-down test used for that comparison (1 - {ALPHA}/(m - i + 1) for the i-th smallest p; "
-              f"after the step where Holm stops, that step's level), so it excludes 0 exactly when Holm's test finds a "
-              f"difference. Bonferroni's intervals (level 1 - {ALPHA}/m for all) are as wide as the smallest p's and, "
-              f"unlike these, cover all differences at once with 95% probability. Detectable effects are stated at "
-              f"Bonferroni's level. "
-              f"'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out.")
+    page.text(
+        f"Paired t-tests on test over matching seeds, Holm-corrected over all {testable} testable comparisons"
+        f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is "
+        f"each difference's own. The family-adjusted CI goes with the Holm decision: it is the t-interval at the "
+        f"level Holm's step-down test used for that comparison (1 - {ALPHA}/(m - i + 1) for the i-th smallest p; "
+        f"after the step where Holm stops, that step's level), so it excludes 0 exactly when Holm's test finds a "
+        f"difference. Bonferroni's intervals (level 1 - {ALPHA}/m for all) are as wide as the smallest p's and, "
+        f"unlike these, cover all differences at once with 95% probability. Detectable effects are stated at "
+        f"Bonferroni's level. "
+        f"'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out."
+    )
     for r in comparison.to_dict("records"):
         where = f" on {r['dataset']}" if datasets > 1 else ""
         page.text(f"{r['variant']} vs baseline{where}: {r['verdict']}")
@@ -169,40 +217,78 @@ def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None
 def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> None:
     metric, order = d.metric, d.order
     page.heading(f"{d.dataset}: scores per variant ({metric}, {'higher' if d.higher else 'lower'} is better)", 3)
-    summary = d.runs.groupby("variant").agg(
-        seeds=("seed", "count"), valid_mean=("valid", "mean"), valid_std=("valid", "std"), test_mean=("test", "mean"),
-        test_std=("test", "std"), best_epoch=("best_epoch", "mean"), parameters=("parameters", "first"),
-        seconds_per_epoch=("seconds_per_epoch", "mean")).reindex(order).reset_index()
+    summary = (
+        d.runs.groupby("variant")
+        .agg(
+            seeds=("seed", "count"),
+            valid_mean=("valid", "mean"),
+            valid_std=("valid", "std"),
+            test_mean=("test", "mean"),
+            test_std=("test", "std"),
+            best_epoch=("best_epoch", "mean"),
+            parameters=("parameters", "first"),
+            seconds_per_epoch=("seconds_per_epoch", "mean"),
+        )
+        .reindex(order)
+        .reset_index()
+    )
     page.table(summary)
     if d.dataset in PUBLISHED_GIN:
         mean, std = PUBLISHED_GIN[d.dataset]
         base = d.runs.loc[d.runs.variant == BASELINE, "test"]
-        page.text(f"For scale: Hu et al. (2020) report {mean} ± {std} test ROC-AUC (x 100) for a 5-layer GIN without "
-                  f"pre-training on the same scaffold split; this baseline scores {100 * base.mean():.1f} ± "
-                  f"{100 * base.std():.1f} over {len(base)} seeds.")
+        page.text(
+            f"For scale: Hu et al. (2020) report {mean} ± {std} test ROC-AUC (x 100) for a 5-layer GIN without "
+            f"pre-training on the same scaffold split; this baseline scores {100 * base.mean():.1f} ± "
+            f"{100 * base.std():.1f} over {len(base)} seeds."
+        )
     slug = Path(d.dataset).stem
-    page.figure(figures.scores_figure(d.runs, order, metric), f"scores-{slug}",
-                f"{metric} per variant: dots are seeds; bars the mean with its 95% t-interval")
+    page.figure(
+        figures.scores_figure(d.runs, order, metric),
+        f"scores-{slug}",
+        f"{metric} per variant: dots are seeds; bars the mean with its 95% t-interval",
+    )
     if comparison.empty:
         return
     page.heading(f"{d.dataset}: paired differences to the baseline (test, matching seeds)", 3)
-    columns = ["variant", "n", "mean_diff", "ci_low", "ci_high", "adj_low", "adj_high", "p_t", "p_wilcoxon", "p_holm",
-               "detectable"]
+    columns = [
+        "variant",
+        "n",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "adj_low",
+        "adj_high",
+        "p_t",
+        "p_wilcoxon",
+        "p_holm",
+        "detectable",
+    ]
     if comparison["effect"].notna().any():
         columns.append("seeds_for_effect")
     page.table(comparison.reindex(columns=columns))
-    page.figure(figures.differences_figure(comparison, metric), f"differences-{slug}",
-                "Paired test differences to the baseline: the 95% CI (thick) and the family-adjusted CI (thin), as in "
-                "the table; the line is no effect")
+    page.figure(
+        figures.differences_figure(comparison, metric),
+        f"differences-{slug}",
+        "Paired test differences to the baseline: the 95% CI (thick) and the family-adjusted CI (thin), as in "
+        "the table; the line is no effect",
+    )
     page.heading(f"{d.dataset}: validation and test", 3)
     for r in comparison.to_dict("records"):
         if r["testable"] and np.sign(r["valid_diff"]) != np.sign(r["mean_diff"]):
-            page.text(f"{r['variant']}: validation and test disagree in sign (valid {r['valid_diff']:+.4f}, test "
-                      f"{r['mean_diff']:+.4f}); the validation set is small or the effect is within noise.")
-    page.table(comparison.reindex(columns=["variant", "valid_diff", "p_valid", "mean_diff", "p_t"])
-               .rename(columns={"mean_diff": "test_diff", "p_t": "p_test"}))
-    page.figure(figures.curves_figure(d.runs, order, metric), f"curves-{slug}",
-                f"Validation {metric} per epoch: mean over seeds with its 95% t-interval")
+            page.text(
+                f"{r['variant']}: validation and test disagree in sign (valid {r['valid_diff']:+.4f}, test "
+                f"{r['mean_diff']:+.4f}); the validation set is small or the effect is within noise."
+            )
+    page.table(
+        comparison.reindex(columns=["variant", "valid_diff", "p_valid", "mean_diff", "p_t"]).rename(
+            columns={"mean_diff": "test_diff", "p_t": "p_test"}
+        )
+    )
+    page.figure(
+        figures.curves_figure(d.runs, order, metric),
+        f"curves-{slug}",
+        f"Validation {metric} per epoch: mean over seeds with its 95% t-interval",
+    )
 
 
 def rank_section(page: Page, datasets: list[AblationRuns]) -> None:
@@ -215,12 +301,15 @@ def rank_section(page: Page, datasets: list[AblationRuns]) -> None:
     ranks = pd.DataFrame(rows)
     order = datasets[0].order
     page.heading("Ranks across (dataset, seed) cells", 3)
-    page.text("Within each cell (one dataset, one seed) the variants are ranked by their test score, 1 = best, ties "
-              "averaged. A variant that helps everywhere ranks low everywhere; the spread shows how much the ranking "
-              "depends on the cell.")
+    page.text(
+        "Within each cell (one dataset, one seed) the variants are ranked by their test score, 1 = best, ties "
+        "averaged. A variant that helps everywhere ranks low everywhere; the spread shows how much the ranking "
+        "depends on the cell."
+    )
     page.table(ranks.groupby("variant")["rank"].agg(["mean", "median", "count"]).reindex(order).reset_index())
     counts = ranks.assign(rank=ranks["rank"].round().astype(int)).pivot_table(
-        index="variant", columns="rank", values="seed", aggfunc="count", fill_value=0)
+        index="variant", columns="rank", values="seed", aggfunc="count", fill_value=0
+    )
     page.figure(figures.rank_counts_figure(counts.reindex(order)), "ranks", "How often each variant took each rank")
 
 
@@ -229,16 +318,20 @@ def configuration_section(page: Page, datasets: list[AblationRuns]) -> None:
     page.heading("Run configuration", 3)
     baseline = info["baseline"]
     settings = {**baseline["model"], **baseline["train"]}
-    page.text("Baseline (model and training): " + ", ".join(f"{k}={v}" for k, v in settings.items()
-                                                            if k not in ("seed", "device")))
+    page.text(
+        "Baseline (model and training): "
+        + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("seed", "device"))
+    )
     page.text("Variants: " + "; ".join(f"{name}: {change}" for name, change in info["variants"].items()))
     for d in datasets:
         sizes = d.runs.groupby("variant")["parameters"].first().reindex(d.order)
         base = sizes[BASELINE]
         differing = [f"{v} ({int(n):,})" for v, n in sizes.items() if v != BASELINE and n != base]
         if differing:
-            page.text(f"{d.dataset}: the baseline has {int(base):,} parameters; variants of another size: "
-                      f"{', '.join(differing)}. A size change is part of what such a variant changes.")
+            page.text(
+                f"{d.dataset}: the baseline has {int(base):,} parameters; variants of another size: "
+                f"{', '.join(differing)}. A size change is part of what such a variant changes."
+            )
         if not d.problems.empty:
             page.text(f"{d.dataset}: runs not in the statistics (failed, pruned, unfinished or duplicated):")
             page.table(d.problems)

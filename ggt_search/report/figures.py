@@ -31,8 +31,15 @@ def scores_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
             offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
             ax.scatter(x + offsets, values, color="0.5", s=14, zorder=2)
             low, high = t_interval(values)
-            ax.errorbar(x + 0.3, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], fmt="D",
-                        color="C3", capsize=3, zorder=3)
+            ax.errorbar(
+                x + 0.3,
+                values.mean(),
+                yerr=[[values.mean() - low], [high - values.mean()]],
+                fmt="D",
+                color="C3",
+                capsize=3,
+                zorder=3,
+            )
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
         ax.set_title(split)
         ax.set_ylabel(metric)
@@ -110,7 +117,7 @@ def design_ranks_figure(ranks: pd.DataFrame, wrap: int = 3, size: float = 2.8) -
     for ax, dimension in zip(axes, dimensions):
         sns.stripplot(data=ranks[ranks["dimension"] == dimension], x="choice", y="rank", jitter=0.15, alpha=0.6, ax=ax)
         ax.set_title(f"dimension = {dimension}")
-    for ax in axes[len(dimensions):]:
+    for ax in axes[len(dimensions) :]:
         ax.remove()
     fig.tight_layout()
     return fig

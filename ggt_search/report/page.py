@@ -11,11 +11,13 @@ import pandas as pd
 from markdown.treeprocessors import Treeprocessor
 from matplotlib.figure import Figure
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}"
-         "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
-         "img{max-width:100%}"
-         "pre{background:#f5f5f5;padding:1em;overflow-x:auto}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+    "img{max-width:100%}"
+    "pre{background:#f5f5f5;padding:1em;overflow-x:auto}"
+)
 
 
 class Page:

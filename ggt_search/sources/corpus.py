@@ -58,7 +58,11 @@ class Corpus(Source):
         if not molecules:
             raise UserError(f"no molecule of {path} could be parsed; check the SMILES column")
         return GraphSet.from_molecules(
-            molecules, name=path.name, task_type="pretraining", metric="masked-atom accuracy", task_names=[],
+            molecules,
+            name=path.name,
+            task_type="pretraining",
+            metric="masked-atom accuracy",
+            task_names=[],
             y=torch.zeros(len(molecules), 0),
             split={"train": torch.arange(len(molecules)), "valid": torch.arange(0), "test": torch.arange(0)},
         )

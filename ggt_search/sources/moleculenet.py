@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 class MoleculeNetTable(TableSource):
     names = tuple(OGB_DATASETS)
     flags = (
-        Flag("--source", "source",
-             "build an OGB name offline from this MoleculeNet table (file, or the folder holding it)"),
+        Flag(
+            "--source",
+            "source",
+            "build an OGB name offline from this MoleculeNet table (file, or the folder holding it)",
+        ),
         *TableSource.flags,
     )
 
@@ -41,12 +44,16 @@ class MoleculeNetTable(TableSource):
         table = self.ogb.moleculenet_file
         if source.is_dir():
             if table is None:
-                raise UserError(f"{self.spec.name} has no MoleculeNet table offline; "
-                                "pass the OGB download folder or a CSV file as --source")
+                raise UserError(
+                    f"{self.spec.name} has no MoleculeNet table offline; "
+                    "pass the OGB download folder or a CSV file as --source"
+                )
             source = source / table
         if not source.is_file():
-            raise UserError(f"source file not found: {source}; pass the MoleculeNet table of {self.spec.name} "
-                            f"({table or 'a CSV file'})")
+            raise UserError(
+                f"source file not found: {source}; pass the MoleculeNet table of {self.spec.name} "
+                f"({table or 'a CSV file'})"
+            )
         return source
 
     def task(self, path: Path, y: np.ndarray) -> tuple[str, str]:

@@ -142,6 +142,8 @@ def read_ogb_raw(name: str, folder: Path) -> GraphSet:
         node_ptr=counts_to_ptr(torch.from_numpy(num_nodes)),
         edge_ptr=torch.from_numpy(2 * bond_ptr),
         y=torch.from_numpy(table("graph-label.csv.gz", np.float32)),
-        split={s: torch.from_numpy(pd.read_csv(split / f"{s}.csv.gz", header=None).to_numpy(np.int64).ravel())
-               for s in SPLITS},
+        split={
+            s: torch.from_numpy(pd.read_csv(split / f"{s}.csv.gz", header=None).to_numpy(np.int64).ravel())
+            for s in SPLITS
+        },
     )

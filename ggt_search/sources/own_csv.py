@@ -41,8 +41,9 @@ class OwnCsv(TableSource):
         binary = np.isin(y[~np.isnan(y)], [0, 1]).all()
         task_type = self.spec.task_type or ("classification" if binary else "regression")
         if task_type == "classification" and not binary:
-            raise UserError(f"--task-type classification needs 0/1 labels, but {path} has others; "
-                            "use --task-type regression")
+            raise UserError(
+                f"--task-type classification needs 0/1 labels, but {path} has others; use --task-type regression"
+            )
         return task_type, "rocauc" if task_type == "classification" else "rmse"
 
     def split(self, molecules: list[MolGraph]):

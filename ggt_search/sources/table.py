@@ -30,11 +30,18 @@ def column_list(text: str) -> list[str]:
 
 class TableSource(DatasetSource):
     flags = (
-        Flag("--smiles-column", "smiles_column",
-             "the table's SMILES column (default: 'smiles', or the MoleculeNet table's own)"),
+        Flag(
+            "--smiles-column",
+            "smiles_column",
+            "the table's SMILES column (default: 'smiles', or the MoleculeNet table's own)",
+        ),
         Flag("--targets", "target_columns", "comma-separated target columns (default: all others)", type=column_list),
-        Flag("--invalid-smiles", "invalid_smiles",
-             "unparsable SMILES: stop with their line numbers (default) or drop them", choices=OPTIONS["invalid_smiles"]),
+        Flag(
+            "--invalid-smiles",
+            "invalid_smiles",
+            "unparsable SMILES: stop with their line numbers (default) or drop them",
+            choices=OPTIONS["invalid_smiles"],
+        ),
     )
     default_smiles_column = "smiles"  # the SMILES column when the spec names none (matched in any case)
     default_targets: tuple[str, ...] | None = None  # the label columns when the spec names none (None: all others)
@@ -70,8 +77,10 @@ class TableSource(DatasetSource):
         named = (c for c in frame.columns if str(c).lower() == default.lower())
         smiles_column = spec.smiles_column or next(named, None)
         if smiles_column is None:
-            raise UserError(f"{path} has no {default!r} column; name it with --smiles-column "
-                            f"(columns: {', '.join(map(str, frame.columns))})")
+            raise UserError(
+                f"{path} has no {default!r} column; name it with --smiles-column "
+                f"(columns: {', '.join(map(str, frame.columns))})"
+            )
         targets = list(spec.target_columns or self.default_targets or [c for c in frame.columns if c != smiles_column])
         missing = [c for c in [smiles_column, *targets] if c not in frame.columns]
         if missing:
@@ -83,12 +92,14 @@ class TableSource(DatasetSource):
         labels = frame[targets].apply(pd.to_numeric, errors="coerce")
         bad = [c for c in targets if labels[c].isna().sum() > frame[c].isna().sum()]
         if bad:
-            raise UserError(f"target column(s) {bad} of {path} hold non-numeric values; "
-                            "choose numeric columns with --targets")
+            raise UserError(
+                f"target column(s) {bad} of {path} hold non-numeric values; choose numeric columns with --targets"
+            )
         empty = [c for c in targets if labels[c].isna().all()]
         if empty:
-            raise UserError(f"target column(s) {empty} of {path} hold no labels at all; "
-                            "fill them or leave them out with --targets")
+            raise UserError(
+                f"target column(s) {empty} of {path} hold no labels at all; fill them or leave them out with --targets"
+            )
         return frame[smiles_column].astype(str), labels
 
     def read(self, path: Path) -> GraphSet:
@@ -116,7 +127,11 @@ class TableSource(DatasetSource):
         split = self.split(molecules)
         self._check_split(path, y, split, metric)
         return GraphSet.from_molecules(
-            molecules, name=self.graph_name(), task_type=task_type, metric=metric, task_names=list(labels.columns),
+            molecules,
+            name=self.graph_name(),
+            task_type=task_type,
+            metric=metric,
+            task_names=list(labels.columns),
             y=torch.from_numpy(y),
             split={name: torch.from_numpy(idx).long() for name, idx in zip(SPLITS, split, strict=True)},
         )
@@ -141,8 +156,12 @@ class TableSource(DatasetSource):
                 held = "no molecules" if len(rows) == 0 else f"{len(rows)} molecules but no labels"
                 raise UserError(f"the {kind} split of {path} leaves {name} with {held}; {fix}")
             if metric in ("rocauc", "ap") and name != "train":
-                both = [((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any())
-                        for t in range(y.shape[1])]
+                both = [
+                    ((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any())
+                    for t in range(y.shape[1])
+                ]
                 if not any(both):
-                    raise UserError(f"the {kind} split of {path} leaves {name} with one class only, "
-                                    f"so {metric} is undefined there; {fix}")
+                    raise UserError(
+                        f"the {kind} split of {path} leaves {name} with one class only, "
+                        f"so {metric} is undefined there; {fix}"
+                    )
