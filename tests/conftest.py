@@ -1,6 +1,7 @@
 """Shared fixtures: the MoleculeNet tables in ../shared, a private cache, small real datasets."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,12 @@ def bbbp_small(bbbp):
         ]
     )
     return bbbp.subset(picked.sort().values)
+
+
+# The command line of `ggt-search` in a child process, with this interpreter (and its PYTHONPATH).
+CLI = [sys.executable, "-m", "ggt_search.cli"]
+# The CLI flags of a one-block, 8-wide model on the CPU: seconds a run.
+TINY_FLAGS = ["--device", "cpu", "--layers", "1", "--hidden", "8"]
 
 
 def tiny_config(**model):

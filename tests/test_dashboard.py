@@ -3,14 +3,13 @@
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import optuna
 import pytest
 
-from tests.conftest import interruptible
+from tests.conftest import CLI, interruptible
 
 
 def free_port() -> int:
@@ -39,7 +38,7 @@ def test_dashboard_shows_the_study_in_a_real_browser(study_storage, tmp_path):
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ggt_search.cli", "dashboard", "--storage", study_storage, "--port", str(port)],
+        [*CLI, "dashboard", "--storage", study_storage, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         preexec_fn=interruptible,

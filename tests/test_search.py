@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import optuna
@@ -17,7 +16,7 @@ from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.space import load_space
 from ggt_search.study import SearchSettings, search
-from tests.conftest import age_heartbeats, interruptible
+from tests.conftest import CLI, TINY_FLAGS, age_heartbeats, interruptible
 
 TINY_SPACE = """
 model.conv: {choices: [gated-gcn, gcn, mlp]}
@@ -170,9 +169,7 @@ def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
 def test_killed_worker_trial_is_failed_and_retried(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/killed.db"
     command = [
-        sys.executable,
-        "-m",
-        "ggt_search.cli",
+        *CLI,
         "search",
         "--study",
         "k",
@@ -235,9 +232,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
         pytest.skip("GGT_TEST_POSTGRES_URL not set (tests/run.sh starts a server)")
     study_name = f"pg-{os.getpid()}-{time.time_ns()}"
     command = [
-        sys.executable,
-        "-m",
-        "ggt_search.cli",
+        *CLI,
         "search",
         "--study",
         study_name,
@@ -328,9 +323,7 @@ def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbb
     storage = f"sqlite:///{tmp_path}/stopped.db"
     # A trial far longer than any machine's wait for its first epoch: the Ctrl-C always finds it running.
     command = [
-        sys.executable,
-        "-m",
-        "ggt_search.cli",
+        *CLI,
         "search",
         "--study",
         "c",
@@ -387,18 +380,11 @@ def alive(pid: int) -> bool:
 def test_sigterm_stops_every_worker_and_keeps_finished_seeds(tmp_path, bbbp_csv):
     out = tmp_path / "eval"
     command = [
-        sys.executable,
-        "-m",
-        "ggt_search.cli",
+        *CLI,
         "evaluate",
         "--dataset",
         str(bbbp_csv),
-        "--device",
-        "cpu",
-        "--layers",
-        "1",
-        "--hidden",
-        "8",
+        *TINY_FLAGS,
         "--epochs",
         "200",
         "--seeds",
@@ -433,12 +419,7 @@ def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
                 "evaluate",
                 "--dataset",
                 str(bbbp_csv),
-                "--device",
-                "cpu",
-                "--layers",
-                "1",
-                "--hidden",
-                "8",
+                *TINY_FLAGS,
                 "--epochs",
                 "1",
                 "--seeds",

@@ -88,20 +88,19 @@ def seeded_epochs(trainer: Trainer, epochs: int, dtype: torch.dtype, padded: boo
     trainer.data.pe, trainer.data.y = trainer.data.pe.to(dtype), trainer.data.y.to(dtype)
     torch.manual_seed(0)
     step = trainer.make_step(trainer.build_model().to(dtype))
-    losses = [
+    return epoch_losses(trainer, step, epochs, padded), step.module.state_dict()
+
+
+def epoch_losses(trainer: Trainer, step, epochs: int, padded: bool) -> list[float]:
+    """Each epoch's mean loss of `step` on the training split, in batches of 48 shuffled by the epoch's seed."""
+    split = trainer.data.split["train"]
+    generator = torch.Generator()
+    return [
         train_steps(
-            step,
-            trainer.data.batches(
-                trainer.data.split["train"],
-                48,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(epoch),
-                padded=padded,
-            ),
+            step, trainer.data.batches(split, 48, shuffle=True, generator=generator.manual_seed(e), padded=padded)
         )
-        for epoch in range(epochs)
+        for e in range(epochs)
     ]
-    return losses, step.module.state_dict()
 
 
 def train_padded_and_plain(trainer: Trainer, epochs: int, dtype: torch.dtype):
@@ -305,19 +304,7 @@ def test_fast_training_equals_eager_training(bbbp_small, fast):
         torch.manual_seed(0)
         step = trainer.make_step(trainer.build_model())
         assert isinstance(step, CUDAGraphStep) == trainer.config.train.cuda_graphs
-        losses = [
-            train_steps(
-                step,
-                trainer.data.batches(
-                    trainer.data.split["train"],
-                    48,
-                    shuffle=True,
-                    generator=torch.Generator().manual_seed(epoch),
-                    padded=True,
-                ),
-            )
-            for epoch in range(3)
-        ]
+        losses = epoch_losses(trainer, step, 3, padded=True)
         results.append((losses, trainer.evaluate(step.module, "valid")[1]))
     (eager_losses, eager_valid), (fast_losses, fast_valid) = results
     if fast["precision"] == "bf16":

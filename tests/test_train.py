@@ -9,7 +9,7 @@ from ggt_search.errors import UserError
 from ggt_search.final_evaluation import evaluate_seeds, mean_std, parse_seeds
 from ggt_search.metrics import _score
 from ggt_search.train import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FLAGS, tiny_config
 
 
 def test_fit_selects_on_validation_and_writes_a_run_directory(bbbp_small, tmp_path):
@@ -103,14 +103,9 @@ def test_cli_train_end_to_end_on_a_shared_table(moleculenet, tmp_path, capsys):
             "ogbg-molbbbp",
             "--source",
             str(moleculenet),
-            "--layers",
-            "1",
-            "--hidden",
-            "8",
+            *TINY_FLAGS,
             "--epochs",
             "1",
-            "--device",
-            "cpu",
             "--out",
             str(tmp_path / "run"),
         ]
