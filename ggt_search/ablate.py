@@ -6,16 +6,33 @@ with the pair in its user attributes, so the dashboard shows the ablation, sever
 can share it, a rerun only trains the pairs not finished yet, and variants or seeds can be
 added to the file later. No pruning: every variant gets the same epoch budget. An ablation
 compares fixed configs, so each run is a final evaluation: test is scored once, with the
-best-validation weights, and stored beside the validation score. A study only ever holds
-runs of one set of settings: a rerun whose configs differ from the stored runs' is refused.
+best-validation weights, and stored beside the validation score; its validation and test
+predictions go to the study's artifact store (`run_predictions` reads them back). A study
+only ever holds runs of one set of settings: a rerun whose configs differ from the stored
+runs' is refused, and so is adding runs to a study whose baseline ran on other code
+(`train.code_sha256`, recorded with every run).
+
+Two optional keys widen what a run is, each a field of its key (`RunKey`) and its user attributes:
+- `split_seeds: [0, 1, 2]`: each seed runs on each of these balanced scaffold splits
+  (`molecules.balanced_scaffold_split`), so the verdicts cover the split's variance too
+  (Bouthillier et al. 2021); runs are paired by (split seed, seed). Without it every run
+  trains on the dataset's own split (OGB's, for OGB names), as OGB-comparable numbers need.
+- `tune: {lr: [0.001, 0.0003]}`: each variant, the baseline too, runs at each learning rate;
+  a variant's learning rate is the one with the best mean validation score over all its runs
+  there (seeds and splits; `chosen_learning_rates`), and the comparison uses its runs at that
+  rate. Test never takes part in the choice.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_difference, read_yaml_mapping
@@ -23,8 +40,16 @@ from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
 from ggt_search.record import StudyRecord, TrialRecord
-from ggt_search.storage import create_or_load_study, open_storage
-from ggt_search.trials import SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
+from ggt_search.storage import artifact_dir, create_or_load_study, load_existing_study, open_storage
+from ggt_search.train import Predictions, code_sha256
+from ggt_search.trials import (
+    SurplusTrial,
+    fail_stale_trials,
+    load_predictions,
+    run_trials,
+    running_note,
+    train_trial,
+)
 from ggt_search.workers import run_workers
 
 BASELINE = "baseline"
@@ -33,7 +58,34 @@ SUITES = {
     "cpu": ("ogbg-molbbbp", "ogbg-molclintox", "ogbg-moltox21", "ogbg-molesol", "ogbg-molfreesolv"),
     "gpu": ("ogbg-molhiv", "ogbg-molpcba"),
 }
-FILE_KEYS = {"idea", "question", "dataset", "datasets", "baseline", "variants", "seeds", "epochs", "effect"}
+FILE_KEYS = {
+    "idea",
+    "question",
+    "dataset",
+    "datasets",
+    "baseline",
+    "variants",
+    "seeds",
+    "epochs",
+    "effect",
+    "split_seeds",
+    "tune",
+}
+TUNABLE = {"lr"}  # what `tune:` may choose per variant
+
+
+class RunKey(NamedTuple):
+    """What one run of an ablation trains: a variant, a seed, and (where the file asks) a split seed and an lr."""
+
+    variant: str | None
+    seed: int | None
+    split_seed: int | None = None  # None: the dataset's own split
+    lr: float | None = None  # None: the variant's own learning rate (no `tune`)
+
+    @property
+    def attrs(self) -> dict:
+        """Its user attributes as queued: split_seed and lr only where the ablation has them."""
+        return {k: v for k, v in self._asdict().items() if v is not None or k in ("variant", "seed")}
 
 
 @dataclass
@@ -46,13 +98,34 @@ class Ablation:
     seeds: list[int] = field(default_factory=lambda: list(range(5)))
     datasets: list[DatasetSpec] = field(default_factory=list)  # every dataset the variants run on
     effect: float | None = None  # the effect size the report says how many seeds would detect
+    split_seeds: list[int] | None = None  # balanced scaffold splits each seed runs on (None: the dataset's own)
+    lrs: list[float] | None = None  # `tune: {lr: [...]}`: the learning rates each variant is tuned over
 
-    def config(self, variant: str, seed: int, dataset: DatasetSpec | None = None) -> RunConfig:
+    def config(
+        self,
+        variant: str,
+        seed: int,
+        dataset: DatasetSpec | None = None,
+        split_seed: int | None = None,
+        lr: float | None = None,
+    ) -> RunConfig:
         overrides = self.variants.get(variant, {})
         config = self.base.with_overrides(model=overrides.get("model"), train=overrides.get("train"))
-        if dataset is not None:
-            config = replace(config, dataset=dataset)
-        return config.with_overrides(train={"seed": seed})
+        dataset = dataset or config.dataset
+        if split_seed is not None:
+            dataset = replace(dataset, split="balanced-scaffold", split_seed=split_seed)
+        config = replace(config, dataset=dataset)
+        return config.with_overrides(train={"seed": seed} | ({"lr": lr} if lr is not None else {}))
+
+    def runs(self) -> list[RunKey]:
+        """Every run, seed by seed: an interrupted ablation leaves complete cells to compare."""
+        return [
+            RunKey(variant, seed, split_seed, lr)
+            for seed in self.seeds
+            for split_seed in self.split_seeds or [None]
+            for variant in [BASELINE, *self.variants]
+            for lr in self.lrs or [None]
+        ]
 
     def study_name(self, study: str, dataset: DatasetSpec) -> str:
         """One study per dataset: the group's name itself when there is one dataset."""
@@ -110,6 +183,11 @@ def load_ablation(
     effect = values.get("effect")
     if effect is not None and not (isinstance(effect, int | float) and not isinstance(effect, bool) and effect > 0):
         raise UserError(f"{path}: 'effect' must be a positive number (the difference worth detecting), got {effect!r}")
+    split_seeds = values.get("split_seeds")
+    if split_seeds is not None:
+        split_seeds = parse_seeds(
+            str(split_seeds) if not isinstance(split_seeds, list) else ",".join(map(str, split_seeds))
+        )
     return Ablation(
         path.stem,
         values.get("idea", path.stem),
@@ -119,7 +197,33 @@ def load_ablation(
         parse_seeds(str(seeds or values.get("seeds", "0-4"))),
         [c.dataset for c in configs],
         effect,
+        split_seeds,
+        tuned_learning_rates(path, values.get("tune"), variants),
     )
+
+
+def tuned_learning_rates(path: Path, tune, variants: dict[str, dict]) -> list[float] | None:
+    """The learning rates `tune: {lr: [...]}` asks for (None without `tune`), checked."""
+    if tune is None:
+        return None
+    if not isinstance(tune, dict) or set(tune) - TUNABLE or "lr" not in tune:
+        raise UserError(f"{path}: 'tune' must be a mapping {{lr: [a list of learning rates]}}, got {tune!r}")
+    lrs = tune["lr"]
+    number = (int, float)
+    if (
+        not isinstance(lrs, list)
+        or not lrs
+        or not all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in lrs)
+        or len(set(lrs)) != len(lrs)
+    ):
+        raise UserError(f"{path}: tune.lr must be a list of distinct positive learning rates, got {lrs!r}")
+    fixed = [name for name, change in variants.items() if "lr" in (change.get("train") or {})]
+    if fixed:
+        raise UserError(
+            f"{path}: variant(s) {fixed} set train.lr, but 'tune' chooses every variant's learning rate; "
+            "drop one of the two"
+        )
+    return [float(v) for v in lrs]
 
 
 @dataclass
@@ -129,6 +233,7 @@ class AblationSettings:
     storage: str = DEFAULT_STORAGE
     workers: int = 1
     heartbeat: int = 30  # seconds; a run silent for 4x this (its worker was killed) is rerun
+    artifacts: str | None = None  # the artifact store's folder (runs' predictions): default beside a SQLite file
 
 
 def run_ablation(settings: AblationSettings) -> list[optuna.Study]:
@@ -151,6 +256,10 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         "seeds": ablation.seeds,
         "effect": ablation.effect,
     }
+    if ablation.split_seeds is not None:
+        defined["split_seeds"] = ablation.split_seeds
+    if ablation.lrs is not None:
+        defined["tune"] = {"lr": ablation.lrs}
     record = StudyRecord.new(
         "ablation", dataset, graphs, ablation.base.train.epochs, group=settings.study, ablation=defined
     )
@@ -163,13 +272,17 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         pruner=optuna.pruners.NopPruner(),
     )
     check_same_settings(study, ablation, dataset)
-    record.write(study)
     fail_stale_trials(study)  # a restarted ablation reruns the runs of killed workers
+    if missing_runs(study, ablation) or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        check_same_code(study)
+    record.write(study)
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    splits = f" x {len(ablation.split_seeds)} splits" if ablation.split_seeds else ""
+    rates = f" x {len(ablation.lrs)} learning rates" if ablation.lrs else ""
     print(
         f"ablation {ablation.name} on {graphs.name} (study {name}): {len(ablation.variants) + 1} variants x "
-        f"{len(ablation.seeds)} seeds; {waiting} runs to do"
+        f"{len(ablation.seeds)} seeds{splits}{rates}; {waiting} runs to do"
     )
     if not waiting and (note := running_note(study, storage, settings.heartbeat)):
         print(note)
@@ -183,17 +296,34 @@ def run_pair(trial: optuna.trial.FrozenTrial) -> tuple:
     return trial.user_attrs.get("variant"), trial.user_attrs.get("seed")
 
 
+def run_key(trial: optuna.trial.FrozenTrial) -> RunKey:
+    """Everything a run trains, as queued in its user attributes."""
+    return RunKey(*run_pair(trial), trial.user_attrs.get("split_seed"), trial.user_attrs.get("lr"))
+
+
 def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: DatasetSpec) -> None:
     """Refuse to add runs of other settings (epochs, model, ...) to a study: they would be pooled.
     That includes a train.init checkpoint rebuilt under the same path since the runs."""
     checksums = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        variant, seed = run_pair(trial)
+        key = run_key(trial)
+        variant, seed = key.variant, key.seed
         record = TrialRecord.of(trial)
         if variant is None or record.config is None or (variant != BASELINE and variant not in ablation.variants):
             continue
+        for option, stored, asked in (
+            ("split_seeds", key.split_seed, ablation.split_seeds),
+            ("tune", key.lr, ablation.lrs),
+        ):
+            if (stored is None) != (asked is None):
+                has = "with" if stored is not None else "without"
+                raise UserError(
+                    f"study {study.study_name} holds runs {has} '{option}', but this ablation "
+                    f"{'has' if asked is not None else 'has no'} '{option}'; rerun with the same settings, or pass "
+                    "--study NEW for a new study"
+                )
         # Read back through RunConfig: a field added to the code since the run takes its default, the old behaviour.
-        wanted = ablation.config(variant, seed, dataset)
+        wanted = ablation.config(variant, seed, dataset, key.split_seed, key.lr)
         difference = config_difference(wanted, RunConfig.from_dict(record.config))
         if difference:
             field, stored_value, wanted_value = difference
@@ -214,16 +344,77 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
                 )
 
 
-def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
-    """Queue every (variant, seed) pair that is neither finished nor queued nor running."""
+def check_same_code(study: optuna.Study) -> None:
+    """Refuse to add runs to a study whose baseline runs were made by other code: a variant would be
+    compared with a baseline that another implementation trained. Runs from before the code was
+    recorded cannot be checked; the report flags them ("code not recorded")."""
+    current = code_sha256()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        made_by = (TrialRecord.of(trial).environment or {}).get("code_sha256")
+        if run_pair(trial)[0] == BASELINE and made_by is not None and made_by != current:
+            raise UserError(
+                f"study {study.study_name}'s baseline runs were made by code sha256 {made_by[:12]}..., but this is "
+                f"code {current[:12]}...; run that code to add runs, or pass --study NEW for a new study"
+            )
+
+
+def missing_runs(study: optuna.Study, ablation: Ablation) -> list[RunKey]:
+    """The ablation's runs that are neither finished nor queued nor running, in `Ablation.runs` order."""
     taken = {
-        run_pair(t)
+        run_key(t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
     }
-    for seed in ablation.seeds:  # seed by seed: an interrupted ablation leaves complete pairs to compare
-        for variant in [BASELINE, *ablation.variants]:
-            if (variant, seed) not in taken:
-                study.enqueue_trial({}, user_attrs={"variant": variant, "seed": seed})
+    return [key for key in ablation.runs() if key not in taken]
+
+
+def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
+    """Queue every run that is neither finished nor queued nor running."""
+    for key in missing_runs(study, ablation):
+        study.enqueue_trial({}, user_attrs=key.attrs)
+
+
+def chosen_learning_rates(study: optuna.Study) -> dict[str, float]:
+    """Per variant of a tuned ablation (`tune: {lr: [...]}`), the learning rate whose finished runs have
+    the best mean validation score (over seeds and splits); ties go to the rate listed first. {} untuned."""
+    record = StudyRecord.of(study)
+    listed = ((record.ablation or {}).get("tune") or {}).get("lr") or []
+    scores: dict[str, dict[float, list[float]]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        key = run_key(trial)
+        if key.lr is not None:
+            scores.setdefault(key.variant, {}).setdefault(key.lr, []).append(trial.value)
+    sign = -1 if record.direction == "maximize" else 1  # min() then takes the best mean
+
+    def best(by_lr: dict[float, list[float]]) -> float:
+        return min(by_lr, key=lambda lr: (sign * float(np.mean(by_lr[lr])), listed.index(lr) if lr in listed else 0))
+
+    return {variant: best(by_lr) for variant, by_lr in scores.items()}
+
+
+def run_predictions(
+    storage: str,
+    study: str,
+    variant: str,
+    seed: int,
+    split_seed: int | None = None,
+    lr: float | None = None,
+    artifacts: str | None = None,
+) -> dict[str, Predictions]:
+    """A finished run's validation and test predictions ({split: Predictions}), read back from the study's
+    artifact store: the run of `variant` and `seed` (and `split_seed`) in the study of one dataset (an
+    ablation on several datasets has one study per dataset, `{group}--{dataset}`). A tuned ablation's run
+    at `lr`, by default at the variant's chosen learning rate."""
+    found = load_existing_study(study, storage)
+    if lr is None:
+        lr = chosen_learning_rates(found).get(variant)
+    key = RunKey(variant, seed, split_seed, lr)
+    for trial in found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if run_key(trial) == key:
+            stored = TrialRecord.of(trial).predictions
+            if stored is None:
+                raise UserError(f"run {key} of study {study} stored no predictions (it ran before they were stored)")
+            return load_predictions(FileSystemArtifactStore(str(artifact_dir(storage, artifacts))), stored)
+    raise UserError(f"study {study} has no finished run {key}; its runs: ggt-search report {study}")
 
 
 def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device: str) -> None:
@@ -231,14 +422,22 @@ def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device:
     ablation = settings.ablation
     graphs = load_dataset(dataset)
     study = optuna.load_study(study_name=name, storage=open_storage(settings.storage, settings.heartbeat))
+    store_dir = artifact_dir(settings.storage, settings.artifacts)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(store_dir))
+    splits = {}  # split seed -> the dataset on that split (the graphs are shared)
 
     def objective(trial: optuna.Trial) -> float:
-        variant, seed = run_pair(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
-        if variant is None:  # not from the queue: it ran dry under two workers at once
+        key = run_key(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
+        if key.variant is None:  # not from the queue: it ran dry under two workers at once
             trial.study.stop()
             raise SurplusTrial("surplus: the ablation's queue was empty when this worker asked")
-        config = ablation.config(variant, seed, dataset).with_overrides(train={"device": device})
-        return train_trial(trial, config, graphs, final=True, prune=False).best_valid
+        config = ablation.config(key.variant, key.seed, dataset, key.split_seed, key.lr)
+        config = config.with_overrides(train={"device": device})
+        on_split = graphs
+        if key.split_seed is not None:
+            on_split = splits.setdefault(key.split_seed, load_dataset(config.dataset))
+        return train_trial(trial, config, on_split, final=True, prune=False, store=store).best_valid
 
     def queue_empty(study: optuna.Study) -> bool:
         return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))

@@ -41,7 +41,7 @@ GlobalAttention = Literal["none", "lrga", "transformer"]
 Pooling = Literal["mean", "sum", "max"]
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskType = Literal["classification", "regression"]
-Split = Literal["scaffold", "random"]
+Split = Literal["scaffold", "random", "balanced-scaffold"]
 InvalidSmiles = Literal["fail", "skip"]
 
 
@@ -117,8 +117,10 @@ class DatasetSpec:
     smiles_column: str | None = None
     target_columns: tuple[str, ...] | None = None
     task_type: TaskType | None = None  # inferred when None
-    split: Split = "scaffold"  # own CSV only; OGB sets use OGB's
-    split_seed: int = 0
+    # scaffold: OGB's deterministic split (an OGB name keeps OGB's own); random: own CSV only;
+    # balanced-scaffold: chemprop's seeded scaffold split, for any dataset (`datasets.load_dataset`)
+    split: Split = "scaffold"
+    split_seed: int = 0  # of the random and balanced-scaffold splits
     invalid_smiles: InvalidSmiles = "fail"
 
     def __post_init__(self):

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ggt_search.config import DatasetSpec
 from ggt_search.errors import UserError
-from ggt_search.graphset import GraphSet, cache_root, file_sha256, load_verified, save_verified
+from ggt_search.graphset import SPLITS, GraphSet, cache_root, file_sha256, load_verified, save_verified
+from ggt_search.molecules import balanced_scaffold_split
 from ggt_search.sources import Corpus, Source, source_for
+from ggt_search.sources.table import check_split
 
 __all__ = ["GraphSet", "cache_root", "file_sha256", "held_out_smiles", "load_corpus", "load_dataset"]
 
@@ -24,15 +29,39 @@ FEATURIZATION_VERSION = 2  # bump when molecules.py changes what a graph holds o
 
 
 def load_dataset(spec: DatasetSpec | str, *, rebuild: bool = False) -> GraphSet:
-    """The dataset's GraphSet, from the cache when it is there."""
-    return _load(source_for(DatasetSpec(spec) if isinstance(spec, str) else spec), rebuild)
+    """The dataset's GraphSet, from the cache when it is there.
+
+    A balanced scaffold split (`split: balanced-scaffold`) is the dataset's own GraphSet with
+    another split: the graphs, PEs and cycle counts are cached once, and each split seed's
+    split beside them (split-balanced-scaffold-seed{N}.pt), so the cache key holds the seed.
+    """
+    spec = DatasetSpec(spec) if isinstance(spec, str) else spec
+    if spec.split != "balanced-scaffold":
+        return _load(source_for(spec), rebuild)
+    source = source_for(replace(spec, split="scaffold", split_seed=0))  # the graphs every split seed shares
+    graphs = _load(source, rebuild)
+    path = graphs.cache_dir / f"split-balanced-scaffold-seed{spec.split_seed}.pt"
+    split = None if rebuild else load_verified(path)
+    if split is None:
+        scaffolds = source.scaffolds(source.resolve())
+        if len(scaffolds) != graphs.num_graphs:
+            raise UserError(
+                f"cannot align {spec.name}'s scaffolds with its graphs ({len(scaffolds)} vs {graphs.num_graphs}); "
+                "rebuild it with --rebuild"
+            )
+        parts = balanced_scaffold_split(scaffolds, spec.split_seed)
+        check_split(source.resolve(), spec.split, graphs.y.numpy(), parts, graphs.metric)
+        split = {name: torch.from_numpy(rows) for name, rows in zip(SPLITS, parts, strict=True)}
+        save_verified(split, path)
+    graphs.split = split
+    return graphs
 
 
 def held_out_smiles(spec: DatasetSpec) -> set[str]:
     """Canonical SMILES of a dataset's validation and test molecules: what pre-training must not see."""
     source = source_for(spec)
     smiles = source.smiles(source.resolve())
-    graphs = _load(source)
+    graphs = load_dataset(spec)
     if len(smiles) != graphs.num_graphs:
         raise UserError(
             f"cannot align {spec.name}'s SMILES with its graphs ({len(smiles)} vs {graphs.num_graphs}); "

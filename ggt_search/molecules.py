@@ -108,6 +108,44 @@ def scaffold_split(scaffolds: list[str], frac_train: float = 0.8, frac_valid: fl
     return tuple(np.array(sorted(part), dtype=np.int64) for part in (train, valid, test))
 
 
+def balanced_scaffold_split(scaffolds: list[str], seed: int, frac_train: float = 0.8, frac_valid: float = 0.1):
+    """chemprop's balanced scaffold split (`scaffold_split(balanced=True)`): a seeded scaffold split,
+    for variance over splits (Bouthillier et al. 2021) where OGB's split is one fixed draw.
+
+    Scaffold sets larger than half the validation or the test size go first (so they land in
+    train), each group shuffled by `seed`; whole sets then fill train up to 80%, valid up to
+    10%, and the rest go to test. The scaffolds are OGB's (with chirality; chemprop's omit it).
+    """
+    import random
+
+    groups: dict[str, list[int]] = defaultdict(list)
+    for row, scaffold in enumerate(scaffolds):
+        groups[scaffold].append(row)
+    n = len(scaffolds)
+    valid_size, test_size = frac_valid * n, (1 - frac_train - frac_valid) * n
+    half = min(valid_size, test_size) / 2
+    big = [rows for rows in groups.values() if len(rows) > half]
+    small = [rows for rows in groups.values() if len(rows) <= half]
+    shuffle = random.Random(seed)
+    shuffle.shuffle(big)
+    shuffle.shuffle(small)
+    train, valid, test = [], [], []
+    for rows in big + small:
+        if len(train) + len(rows) <= frac_train * n:
+            train += rows
+        elif len(valid) + len(rows) <= valid_size:
+            valid += rows
+        else:
+            test += rows
+    return tuple(np.array(sorted(part), dtype=np.int64) for part in (train, valid, test))
+
+
+def scaffold_of_smiles(smiles: str) -> str | None:
+    """The scaffold of a molecule given as SMILES (None where `featurize` drops it: unparsable or empty)."""
+    mol = parse_smiles(smiles)
+    return scaffold_of(mol) if mol is not None and mol.GetNumAtoms() else None
+
+
 def random_split(n: int, seed: int, frac_train: float = 0.8, frac_valid: float = 0.1):
     order = np.random.default_rng(seed).permutation(n)
     a, b = int(round(frac_train * n)), int(round((frac_train + frac_valid) * n))

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class TrialRecord:
     config: dict | None = None  # the resolved RunConfig (to_dict) the run trained
     parameters: int | None = None
-    environment: dict | None = None  # provenance at run time: commit, package versions, device, threads
+    environment: dict | None = None  # provenance at run time: commit, code_sha256, package versions, device, threads
     curve: list[float] = field(default_factory=list)  # validation metric per epoch
     epochs: int = 0  # epochs trained (fewer than the budget when pruned)
     best_epoch: int | None = None
@@ -42,6 +42,7 @@ class TrialRecord:
     reason: str | None = None  # why it failed or was pruned
     traceback: str | None = None
     weights: str | None = None  # where the best weights went (search: an artifact of the study)
+    predictions: str | None = None  # final evaluations: the artifact id of its valid and test predictions
 
     def write(self, trial: optuna.Trial, **values) -> None:
         """Set fields on this record and on the trial, at once (a run killed later keeps them)."""

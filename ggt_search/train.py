@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import platform
@@ -50,6 +51,15 @@ class EpochRecord:
 
 
 @dataclass
+class Predictions:
+    """One split's predictions, on the metric's scale (probabilities, or values in the targets' units)."""
+
+    graphs: np.ndarray  # [n] int, the molecules' rows in the dataset
+    predicted: np.ndarray  # [n, tasks] float32
+    labels: np.ndarray  # [n, tasks] float32, NaN = missing label
+
+
+@dataclass
 class RunResult:
     metric: str
     best_epoch: int
@@ -60,10 +70,12 @@ class RunResult:
     trivial: dict[str, float]  # per split scored: the metric of always predicting the training labels' mean
     history: list[EpochRecord] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the best-validation weights
+    # final evaluations: the best-validation weights' predictions per split (`Predictions`), valid and test
+    predictions: dict[str, Predictions] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        """Everything but the weights, as JSON-ready values (result.json)."""
-        skip = ("history", "best_state")
+        """Everything but the weights and predictions, as JSON-ready values (result.json)."""
+        skip = ("history", "best_state", "predictions")
         return {k: v for k, v in self.__dict__.items() if k not in skip} | {
             "history": [r.__dict__ for r in self.history]
         }
@@ -106,6 +118,7 @@ def provenance() -> dict:
         commit = ""
     return {
         "commit": commit or "unknown (not a git checkout)",
+        "code_sha256": code_sha256(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__,
@@ -114,6 +127,16 @@ def provenance() -> dict:
         "rdkit": rdkit.__version__,
         "platform": platform.platform(),
     }
+
+
+def code_sha256(package: Path = Path(__file__).parent) -> str:
+    """sha256 of the package's source: every ggt_search/**/*.py, sorted by path, each path then its bytes.
+    Unlike the commit it sees uncommitted edits, and it is the same in any checkout of the same code."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 class Trainer:
@@ -197,7 +220,8 @@ class Trainer:
                 on_epoch(record)
 
         model.load_state_dict(best_state)
-        test = self.evaluate(model, "test")[1] if evaluate_test else None
+        predictions = {split: self.predictions(model, split) for split in ("valid", "test")} if evaluate_test else None
+        test = self.score(predictions["test"]) if evaluate_test else None
         trivial = {
             split: trivial_score(self.graphs, split) for split in (("valid", "test") if evaluate_test else ("valid",))
         }
@@ -211,6 +235,7 @@ class Trainer:
             trivial,
             history,
             best_state,
+            predictions,
         )
         log.result(result)
         return result
@@ -248,11 +273,21 @@ class Trainer:
         """(loss, metric) on a split; the metric is OGB's, on probabilities or values."""
         logits, labels = self.predict(model, split)
         loss = float(masked_loss(logits, self.standardise(labels), self.graphs.task_type))
+        return loss, self.score(self.scaled(logits, labels, split))
+
+    def predictions(self, model, split: str) -> Predictions:
+        return self.scaled(*self.predict(model, split), split)
+
+    def scaled(self, logits: torch.Tensor, labels: torch.Tensor, split: str) -> Predictions:
+        """Logits on the metric's scale: probabilities, or values in the targets' units."""
         if self.graphs.task_type == "classification":
-            predictions = torch.sigmoid(logits)
+            predicted = torch.sigmoid(logits)
         else:
-            predictions = logits * self.target_std + self.target_mean
-        return loss, score(self.graphs.metric, labels.cpu().numpy(), predictions.cpu().numpy(), self.graphs.name)
+            predicted = logits * self.target_std + self.target_mean
+        return Predictions(self.data.split[split].cpu().numpy(), predicted.cpu().numpy(), labels.cpu().numpy())
+
+    def score(self, predictions: Predictions) -> float:
+        return score(self.graphs.metric, predictions.labels, predictions.predicted, self.graphs.name)
 
 
 # Fields that do not shape the pre-trained weights: a checkpoint fine-tunes under other values of them.

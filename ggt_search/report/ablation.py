@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ggt_search.ablate import BASELINE, run_pair
+from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key
 from ggt_search.errors import UserError
 from ggt_search.metrics import WIDEST_DIFFERENCE
 from ggt_search.record import StudyRecord, TrialRecord
@@ -47,8 +47,10 @@ class AblationRuns:
     metric: str
     higher: bool
     info: dict  # the ablation as stored with the study (question, baseline, variants, seeds, effect)
-    runs: pd.DataFrame  # one row per finished (variant, seed)
+    runs: pd.DataFrame  # one row per finished (variant, seed); a tuned ablation's at each variant's chosen lr
     problems: pd.DataFrame  # runs that failed, were pruned, are still running or waiting, or duplicate another
+    tuning: pd.DataFrame  # a tuned ablation's finished runs at every lr (empty untuned)
+    chosen: dict[str, float]  # a tuned ablation's chosen lr per variant ({} untuned)
 
     @property
     def order(self) -> list[str]:
@@ -58,9 +60,10 @@ class AblationRuns:
 def ablation_runs(study: optuna.Study) -> AblationRuns:
     rows, problems, seen = [], [], set()
     for t in study.get_trials(deepcopy=False):
-        variant, seed = run_pair(t)
+        key = run_key(t)
+        variant, seed = key.variant, key.seed
         record = TrialRecord.of(t)
-        if t.state != TrialState.COMPLETE or (variant, seed) in seen:
+        if t.state != TrialState.COMPLETE or key in seen:
             duplicate = t.state == TrialState.COMPLETE
             reason = "a duplicate of a finished run (kept out)" if duplicate else record.reason or ""
             if variant is not None and not reason.startswith("surplus"):
@@ -74,11 +77,16 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                     }
                 )
             continue
-        seen.add((variant, seed))
+        seen.add(key)
         rows.append(
             {
                 "variant": variant,
                 "seed": seed,
+                # what pairs runs: the seed, or (split seed, seed) where the ablation varies the split
+                "cell": seed if key.split_seed is None else f"split {key.split_seed} seed {seed}",
+                "split_seed": key.split_seed,
+                "lr": key.lr,
+                "code": (record.environment or {}).get("code_sha256"),
                 "valid": t.value,
                 "test": record.test,
                 "parameters": record.parameters,
@@ -88,14 +96,20 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
             }
         )
     described = StudyRecord.of(study)
+    runs, chosen = pd.DataFrame(rows), chosen_learning_rates(study)
+    tuning = runs if chosen else pd.DataFrame()
+    if chosen:
+        runs = runs[runs.lr == runs.variant.map(chosen)].reset_index(drop=True)
     return AblationRuns(
         study,
         described.summary["name"],
         described.metric,
         described.direction == "maximize",
         described.ablation,
-        pd.DataFrame(rows),
+        runs,
         pd.DataFrame(problems),
+        tuning,
+        chosen,
     )
 
 
@@ -104,7 +118,7 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     family = sum(len(d.order) - 1 for d in datasets)
     rows = []
     for d in datasets:
-        by_seed = {v: d.runs[d.runs.variant == v].set_index("seed") for v in d.order}
+        by_seed = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
         base = by_seed[BASELINE]
         for variant in d.order[1:]:
             seeds = sorted(set(by_seed[variant].index) & set(base.index))
@@ -184,15 +198,85 @@ def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
     )
     comparison = compare(datasets)
     verdict_section(page, comparison, len(datasets))
+    variance_sources_section(page, info)
+    code_section(page, datasets)
+    tuned_learning_rates_section(page, datasets)
     for d in datasets:
         dataset_sections(page, d, comparison[comparison.dataset == d.dataset])
     if len(datasets) > 1 or len(info["seeds"]) > 1:
         rank_section(page, datasets)
     configuration_section(page, datasets)
     runs = pd.concat([d.runs.drop(columns="curve").assign(dataset=d.dataset) for d in datasets])
-    columns = ["dataset", "variant", "seed", "valid", "test", "best_epoch", "parameters", "seconds_per_epoch"]
-    runs[columns].to_csv(page.out / "runs.csv", index=False)
-    page.text("Every finished run, one row per (dataset, variant, seed): runs.csv beside this report.")
+    varied = [c for c in ("split_seed", "lr") if runs[c].notna().any()]
+    columns = ["dataset", "variant", *varied, "seed", "valid", "test", "best_epoch", "parameters", "seconds_per_epoch"]
+    runs[[*columns, "code"]].to_csv(page.out / "runs.csv", index=False)
+    page.text(
+        f"Every finished run, one row per (dataset, variant, {', '.join([*varied, 'seed'])}), with the sha256 of "
+        "the code that ran it: runs.csv beside this report."
+    )
+
+
+def variance_sources_section(page: Page, info: dict) -> None:
+    """Which sources of variance the verdicts' intervals cover: the seeds only, or the seeds and the split."""
+    page.heading("Variance sources", 3)
+    split_seeds = info.get("split_seeds")
+    if split_seeds:
+        page.text(
+            f"The verdicts cover two sources of variance: training randomness (seeds {info['seeds']}) and the data "
+            f"split (balanced scaffold splits {split_seeds}, chemprop's recipe). Runs are paired by (split seed, "
+            f"seed): each comparison's n counts those cells."
+        )
+    else:
+        page.text(
+            f"The verdicts cover one source of variance: training randomness (seeds {info['seeds']}), on the "
+            "dataset's one fixed split (OGB's, for OGB names). Another split of the molecules could change them; "
+            "an ablation file's `split_seeds:` varies the split too."
+        )
+
+
+def code_section(page: Page, datasets: list[AblationRuns]) -> None:
+    """Whether each comparison's runs were made by the same code (`train.code_sha256`, recorded by each run)."""
+    page.heading("Code of the compared runs", 3)
+    flagged = False
+    for d in datasets:
+        for variant in d.order[1:]:
+            runs = d.runs[d.runs.variant.isin([BASELINE, variant])]
+            where = f"{variant} vs baseline{f' on {d.dataset}' if len(datasets) > 1 else ''}"
+            if runs["code"].isna().any():
+                page.text(f"{where}: code not recorded for {int(runs['code'].isna().sum())} of its runs.")
+                flagged = True
+            elif runs["code"].nunique() > 1:
+                by_variant = runs.groupby("variant")["code"].unique()
+                hashes = "; ".join(f"{v}: {', '.join(c[:12] for c in codes)}" for v, codes in by_variant.items())
+                page.text(f"{where}: runs from different code ({hashes}); the difference may be the code's.")
+                flagged = True
+    codes = pd.concat([d.runs["code"] for d in datasets]).dropna().unique()
+    if not flagged:
+        page.text(f"Every compared run was made by the same code (sha256 {codes[0][:12]}...).")
+
+
+def tuned_learning_rates_section(page: Page, datasets: list[AblationRuns]) -> None:
+    """A tuned ablation's learning rate per variant: the one with the best mean validation score (never test)."""
+    if not any(d.chosen for d in datasets):
+        return
+    page.heading("Tuned learning rates", 3)
+    page.text(
+        "Each variant (the baseline too) ran at every learning rate of `tune`; the one with the best mean "
+        "validation score over its runs is chosen (ties: the first listed), and the comparisons above use the runs "
+        "at each variant's chosen rate. Test scores took no part in the choice."
+    )
+    for d in datasets:
+        table = (
+            d.tuning.groupby(["variant", "lr"])
+            .agg(runs=("valid", "count"), valid_mean=("valid", "mean"), valid_std=("valid", "std"))
+            .reset_index()
+        )
+        table["chosen"] = table.lr == table.variant.map(d.chosen)
+        table["variant"] = pd.Categorical(table.variant, d.order)
+        if len(datasets) > 1:
+            page.text(f"{d.dataset}:")
+        table = table.sort_values(["variant", "lr"]).reset_index(drop=True)
+        page.table(table, floatfmt=[".4f" if column != "lr" else "g" for column in table.columns])
 
 
 def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None:
@@ -233,7 +317,7 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
         .reset_index()
     )
     page.table(summary)
-    if d.dataset in PUBLISHED_GIN:
+    if d.dataset in PUBLISHED_GIN and not d.info.get("split_seeds"):  # their split is OGB's fixed one
         mean, std = PUBLISHED_GIN[d.dataset]
         base = d.runs.loc[d.runs.variant == BASELINE, "test"]
         page.text(
@@ -295,7 +379,7 @@ def rank_section(page: Page, datasets: list[AblationRuns]) -> None:
     """GraphGym-style: within each (dataset, seed) cell, rank the variants by test score (1 = best)."""
     rows = []
     for d in datasets:
-        for seed, cell in d.runs.groupby("seed"):
+        for seed, cell in d.runs.groupby("cell"):
             ranks = cell.set_index("variant")["test"].rank(ascending=not d.higher, method="average")
             rows += [{"dataset": d.dataset, "seed": seed, "variant": v, "rank": r} for v, r in ranks.items()]
     ranks = pd.DataFrame(rows)

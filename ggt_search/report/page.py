@@ -34,8 +34,9 @@ class Page:
     def text(self, text: str):
         self.blocks.append(text)
 
-    def table(self, frame: pd.DataFrame):
-        self.blocks.append(frame.to_markdown(index=False, floatfmt=".4f"))
+    def table(self, frame: pd.DataFrame, floatfmt: str | list[str] = ".4f"):
+        """Numbers to 4 decimals; `floatfmt` per column where one needs another format (a learning rate's 3e-05)."""
+        self.blocks.append(frame.to_markdown(index=False, floatfmt=floatfmt))
 
     def figure(self, fig: Figure, name: str, caption: str):
         fig.savefig(self.out / f"{name}.png", dpi=110, bbox_inches="tight")

@@ -92,3 +92,7 @@ class DatasetSource(Source):
     @abstractmethod
     def smiles(self, path: Path) -> list[str]:
         """The canonical SMILES of its GraphSet's molecules, in order: what the leakage guard compares."""
+
+    @abstractmethod
+    def scaffolds(self, path: Path) -> list[str]:
+        """The Bemis-Murcko scaffold of each of its GraphSet's molecules, in order: what a seeded split groups."""

@@ -74,6 +74,14 @@ class OgbDownload(DatasetSource):
     def smiles(self, path: Path) -> list[str]:
         raise UserError(f"the leakage guard needs {self.spec.name}'s SMILES table; build it offline with --source")
 
+    def scaffolds(self, path: Path) -> list[str]:
+        """From the SMILES OGB's download maps its graphs to (mapping/mol.csv.gz, one row per graph)."""
+        import pandas as pd
+
+        from ggt_search.molecules import parallel_map, scaffold_of_smiles
+
+        return parallel_map(scaffold_of_smiles, pd.read_csv(path / "mapping" / "mol.csv.gz")["smiles"].tolist())
+
 
 def download(name: str) -> Path:
     """OGB's zip, fetched with ogb's own URL table and helpers; returns the extracted folder.

@@ -125,7 +125,7 @@ class TableSource(DatasetSource):
         y = labels.to_numpy(np.float32)[keep]
         task_type, metric = self.task(path, y)
         split = self.split(molecules)
-        self._check_split(path, y, split, metric)
+        check_split(path, self.spec.split, y, split, metric)
         return GraphSet.from_molecules(
             molecules,
             name=self.graph_name(),
@@ -142,26 +142,38 @@ class TableSource(DatasetSource):
         smiles, _ = self.table(path)
         return [c for c in parallel_map(canonical_smiles, smiles.tolist()) if c is not None]  # the GraphSet's rows
 
-    def _check_split(self, path: Path, y: np.ndarray, split, metric: str) -> None:
-        """Refuse, before any training, a split that cannot train or score: an empty part, or no scorable labels."""
-        import numpy as np
+    def scaffolds(self, path: Path) -> list[str]:
+        from ggt_search.molecules import parallel_map, scaffold_of_smiles
 
-        from ggt_search.graphset import SPLITS
+        smiles, _ = self.table(path)
+        return [s for s in parallel_map(scaffold_of_smiles, smiles.tolist()) if s is not None]  # the GraphSet's rows
 
-        kind = self.spec.split
-        fix = "use more molecules, or --split random" if kind == "scaffold" else "use more molecules"
-        for name, rows in zip(SPLITS, split, strict=True):
-            labelled = ~np.isnan(y[rows])
-            if not labelled.any():
-                held = "no molecules" if len(rows) == 0 else f"{len(rows)} molecules but no labels"
-                raise UserError(f"the {kind} split of {path} leaves {name} with {held}; {fix}")
-            if metric in ("rocauc", "ap") and name != "train":
-                both = [
-                    ((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any())
-                    for t in range(y.shape[1])
-                ]
-                if not any(both):
-                    raise UserError(
-                        f"the {kind} split of {path} leaves {name} with one class only, "
-                        f"so {metric} is undefined there; {fix}"
-                    )
+
+FIXES = {
+    "scaffold": "use more molecules, or --split random",
+    "balanced-scaffold": "use more molecules, or other split seeds",
+}
+
+
+def check_split(path: Path, kind: str, y: np.ndarray, split, metric: str) -> None:
+    """Refuse, before any training, a split that cannot train or score: an empty part, or no scorable labels."""
+    import numpy as np
+
+    from ggt_search.graphset import SPLITS
+
+    fix = FIXES.get(kind, "use more molecules")
+    for name, rows in zip(SPLITS, split, strict=True):
+        labelled = ~np.isnan(y[rows])
+        if not labelled.any():
+            held = "no molecules" if len(rows) == 0 else f"{len(rows)} molecules but no labels"
+            raise UserError(f"the {kind} split of {path} leaves {name} with {held}; {fix}")
+        if metric in ("rocauc", "ap") and name != "train":
+            both = [
+                ((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any())
+                for t in range(y.shape[1])
+            ]
+            if not any(both):
+                raise UserError(
+                    f"the {kind} split of {path} leaves {name} with one class only, "
+                    f"so {metric} is undefined there; {fix}"
+                )
