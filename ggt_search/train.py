@@ -129,11 +129,29 @@ def provenance() -> dict:
     }
 
 
+# The modules that shape a run's numbers: data, features, splits, batches, model, steps, training, metrics.
+# Reports, the CLI, storage and workers are left out on purpose: a long study resumes across their edits.
+RESULT_CODE = (
+    "config.py",
+    "graphset.py",
+    "datasets.py",
+    "sources/*.py",
+    "molecules.py",
+    "positional.py",
+    "indexing.py",
+    "batching.py",
+    "model.py",
+    "steps.py",
+    "train.py",
+    "metrics.py",
+)
+
+
 def code_sha256(package: Path = Path(__file__).parent) -> str:
-    """sha256 of the package's source: every ggt_search/**/*.py, sorted by path, each path then its bytes.
-    Unlike the commit it sees uncommitted edits, and it is the same in any checkout of the same code."""
+    """sha256 of the source that shapes a run's numbers (RESULT_CODE), sorted by path, each path then its
+    bytes. Unlike the commit it sees uncommitted edits, and it is the same in any checkout of the same code."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted({path for pattern in RESULT_CODE for path in package.glob(pattern)}):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
