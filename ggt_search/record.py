@@ -42,6 +42,8 @@ class TrialRecord:
     reason: str | None = None  # why it failed or was pruned
     traceback: str | None = None
     weights: str | None = None  # where the best weights went (search: an artifact of the study)
+    weights_bytes: int | None = None  # their size and sha256, written once the stored copy is checked
+    weights_sha256: str | None = None
 
     def write(self, trial: optuna.Trial, **values) -> None:
         """Set fields on this record and on the trial, at once (a run killed later keeps them)."""
