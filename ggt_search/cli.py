@@ -13,6 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ggt_search.errors import UserError
+from ggt_search.files import file_error
 
 DATASET_HELP = "ogbg-mol* name, nci-tpsa (embedded, no network), or a CSV path"
 
@@ -290,8 +291,9 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from ggt_search.report import build_report
+    from ggt_search.report.page import slug
 
-    out = args.out or Path("reports") / "-".join(args.studies)
+    out = args.out or Path("reports") / slug("-".join(args.studies))  # a study's name is no path
     print(f"report written: {build_report(args.studies, args.storage, out)} (and report.md)")
 
 
@@ -532,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file-system fault no command foresaw (a full disk, a read-only folder): one line
+        user_error = file_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stopped: what had finished is recorded; rerun the same command to resume", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import Literal
 import yaml
 
 from ggt_search.errors import UserError
+from ggt_search.files import write_text
 
 EMBEDDED = "nci-tpsa"  # the dataset shipped inside RDKit's wheel: no network, no files
 DEFAULT_STORAGE = "sqlite:///ggt-search.db"
@@ -238,7 +239,7 @@ class RunConfig:
         return {"dataset": self.dataset.to_dict(), "model": asdict(self.model), "train": asdict(self.train)}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def with_overrides(
         self, dataset: dict | None = None, model: dict | None = None, train: dict | None = None

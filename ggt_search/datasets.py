@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from ggt_search.config import DatasetSpec
 from ggt_search.errors import UserError
+from ggt_search.files import make_folder
 from ggt_search.graphset import SPLITS, GraphSet, cache_root, file_sha256, load_verified, save_verified
 from ggt_search.molecules import balanced_scaffold_split
 from ggt_search.sources import Corpus, Source, source_for
@@ -87,10 +89,19 @@ def _load(source: Source, rebuild: bool = False) -> GraphSet:
     folder = cache_root() / f"{source.cache_name()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     stored = None if rebuild else load_verified(folder / "graphs.pt")
     if stored is not None:
-        return source.unpack(stored, folder)
+        try:
+            graphs = source.unpack(stored, folder)
+            problem = graphs.inconsistency()
+        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:  # not a GraphSet's fields
+            problem = f"{type(error).__name__}: {error}"
+        if problem is None:
+            return graphs
+        print(
+            f"warning: cache file {folder / 'graphs.pt'} holds no dataset ({problem}); rebuilding it", file=sys.stderr
+        )
     graphs = source.read(path)
     graphs.checksum = checksum
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     for stale in folder.glob("pe-k*.pt"):  # computed from the graphs this build replaces
         stale.unlink()
     save_verified(source.pack(graphs), folder / "graphs.pt")

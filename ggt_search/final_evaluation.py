@@ -7,7 +7,10 @@ stopped. A result trained with another config is never reused.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import yaml
 
 from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
+from ggt_search.files import file_faults, make_folder, write_text
 from ggt_search.metrics import TRIVIAL
 from ggt_search.train import Trainer, environment, resolve_device
 from ggt_search.workers import run_workers
@@ -47,24 +51,56 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int = 1) -> dict:
-    """Train `config` once per seed (in `workers` processes sharing the device), then summarise."""
-    out.mkdir(parents=True, exist_ok=True)
-    result_file = lambda seed: out / f"seed-{seed}" / "result.json"  # noqa: E731  (RunLog writes it last)
-    todo = []
-    for seed in seeds:
-        if result_file(seed).exists():
-            _check_same_config(out / f"seed-{seed}", config, seed)
-            print(f"seed {seed}: done already ({result_file(seed)})")
-        else:
-            todo.append(seed)
-    if todo:
-        workers = min(workers, len(todo))
-        run_workers(_train_seeds, (config, todo, out, workers), workers, config.train.device)
-    results = {seed: json.loads(result_file(seed).read_text()) for seed in seeds}
-    summary = summarise(config, results, environment(resolve_device(config.train.device))["hardware"])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "summary.md").write_text(summary_markdown(summary))
+    """Train `config` once per seed (in `workers` processes sharing the device), then summarise.
+    One evaluation at a time per folder: a second one on the same `out` is refused."""
+    with folder_lock(make_folder(out)):
+        todo = []
+        for seed in seeds:
+            if finished_result(out / f"seed-{seed}") is not None:
+                _check_same_config(out / f"seed-{seed}", config, seed)
+                print(f"seed {seed}: done already ({out / f'seed-{seed}' / 'result.json'})")
+            else:
+                todo.append(seed)
+        if todo:
+            workers = min(workers, len(todo))
+            run_workers(_train_seeds, (config, todo, out, workers), workers, config.train.device)
+        results = {seed: finished_result(out / f"seed-{seed}") for seed in seeds}
+        summary = summarise(config, results, environment(resolve_device(config.train.device))["hardware"])
+        write_text(out / "summary.json", json.dumps(summary, indent=2))
+        write_text(out / "summary.md", summary_markdown(summary))
     return summary
+
+
+@contextmanager
+def folder_lock(out: Path):
+    """Hold `out/.lock` (flock: released when this process ends, however it ends) or refuse."""
+    with file_faults(out / ".lock"), open(out / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another evaluation is running in {out}; wait for it to finish, or pass another --out"
+            ) from None
+        yield
+
+
+RESULT_FIELDS = ("metric", "best_valid", "test", "best_epoch", "parameters", "trivial")
+
+
+def finished_result(run_dir: Path) -> dict | None:
+    """A seed's result.json (RunLog writes it last, atomically), or None when the seed must be trained:
+    not there, or unreadable (said in one line, and the seed is retrained)."""
+    path = run_dir / "result.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        if isinstance(result, dict) and all(key in result for key in RESULT_FIELDS):
+            return result
+    except (ValueError, UnicodeDecodeError):
+        pass
+    print(f"warning: {path} is damaged (not a run's result); retraining that seed", file=sys.stderr)
+    return None
 
 
 def _check_same_config(run_dir: Path, config: RunConfig, seed: int) -> None:

@@ -7,7 +7,6 @@ second load is a single `torch.load`; every cache file has its sha256 beside it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ggt_search.files import file_sha256, save_tensors, write_text
 from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
 from ggt_search.molecules import CYCLE_LENGTHS, MolGraph, cycle_counts, parallel_map
 from ggt_search.positional import laplacian_pe
@@ -73,6 +73,31 @@ class GraphSet:
     def stored(self) -> dict:
         """What its cache file holds: every field but the folder and the PEs (cached apart, by k)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("cache_dir", "pe")}
+
+    def inconsistency(self) -> str | None:
+        """What makes these tensors no dataset (a cache file replaced by hand, checksum and all), or None."""
+        tensors = ("atoms", "bonds", "edges", "node_ptr", "edge_ptr", "y")
+        if not all(isinstance(getattr(self, name), torch.Tensor) for name in tensors):
+            return "a field is not a tensor"
+        graphs, nodes, edges = len(self.node_ptr) - 1, len(self.atoms), self.edges.shape[-1]
+        shapes = {
+            "atoms": self.atoms.dim() == 2,
+            "bonds": self.bonds.dim() == 2 and len(self.bonds) == edges,
+            "edges": self.edges.dim() == 2 and len(self.edges) == 2,
+            "node_ptr": graphs >= 1 and self.node_ptr[0] == 0 and self.node_ptr[-1] == nodes,
+            "edge_ptr": len(self.edge_ptr) == graphs + 1 and self.edge_ptr[0] == 0 and self.edge_ptr[-1] == edges,
+            "y": self.y.dim() == 2 and len(self.y) == graphs,
+            "split": set(self.split) == set(SPLITS)
+            and all(len(i) == 0 or (0 <= int(i.min()) and int(i.max()) < graphs) for i in self.split.values()),
+        }
+        if bad := [name for name, fits in shapes.items() if not fits]:
+            return f"{', '.join(bad)} do not fit the rest"
+        if (ptr_to_counts(self.node_ptr) < 0).any() or (ptr_to_counts(self.edge_ptr) < 0).any():
+            return "node_ptr or edge_ptr decreases"
+        atoms_of_edge = self.num_nodes().repeat_interleave(self.num_edges())
+        if edges and (self.edges.min() < 0 or (self.edges >= atoms_of_edge).any()):
+            return "an edge names an atom outside its graph"
+        return None
 
     @property
     def num_graphs(self) -> int:
@@ -178,16 +203,11 @@ def cache_root() -> Path:
 def save_verified(obj, path: Path) -> None:
     """torch.save, then the file's sha256 beside it (`graphs.pt.sha256`).
 
-    Written then renamed, so a run killed mid-write never leaves a truncated file under the
-    real name; the checksum is written last, so a file without a matching one is never trusted.
+    Both written atomically, so a run killed (or a disk filled) mid-write never leaves a truncated
+    file under the real name; the checksum is written last, so a file without a matching one is never trusted.
     """
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
-    checksum = _checksum_file(path)
-    checksum.with_suffix(f".tmp{os.getpid()}").write_text(digest)
-    os.replace(checksum.with_suffix(f".tmp{os.getpid()}"), checksum)
+    save_tensors(obj, path)
+    write_text(_checksum_file(path), file_sha256(path))
 
 
 def load_verified(path: Path):
@@ -198,16 +218,12 @@ def load_verified(path: Path):
     if not checksum.exists() or checksum.read_text().strip() != file_sha256(path):
         print(f"warning: cache file {path} is damaged (its checksum does not match); rebuilding it", file=sys.stderr)
         return None
-    return torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # a file that matches its checksum but is no tensor file (written by hand)
+        print(f"warning: cache file {path} cannot be read ({type(error).__name__}); rebuilding it", file=sys.stderr)
+        return None
 
 
 def _checksum_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -43,6 +43,8 @@ class TrialRecord:
     traceback: str | None = None
     weights: str | None = None  # where the best weights went (search: an artifact of the study)
     predictions: str | None = None  # final evaluations: the artifact id of its valid and test predictions
+    weights_bytes: int | None = None  # their size and sha256, written once the stored copy is checked
+    weights_sha256: str | None = None
 
     def write(self, trial: optuna.Trial, **values) -> None:
         """Set fields on this record and on the trial, at once (a run killed later keeps them)."""

@@ -8,14 +8,22 @@ dead), and `trials.fail_stale_trials` fails it and queues it again.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the trial attributes that link its artifacts
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from ggt_search.errors import UserError
+from ggt_search.files import atomic_write
 
 # Heartbeats, their retry callback, metric names and grouped multivariate TPE are Optuna APIs
 # marked experimental; we use them on purpose, and their warnings would only puzzle users.
@@ -39,6 +47,32 @@ def artifact_dir(url: str, artifacts: str | None = None) -> Path:
     return sqlite_path(url).parent / "artifacts" if sqlite_path(url) is not None else Path("artifacts")
 
 
+class RetryWithoutWeights(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial, without the dead run's weights: Optuna's retry copies the trial's
+    attributes, and so its artifact links, and a half-written best.pt would pass for the retry's own."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retried = copy.copy(trial)
+        retried.system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith(ARTIFACTS_ATTR_PREFIX)}
+        retried.user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith("weights")}
+        super().__call__(study, retried)
+
+
+class AtomicArtifactStore(FileSystemArtifactStore):
+    """Optuna's artifact folder, each artifact written whole or not at all (Optuna's copies onto its final name)."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        atomic_write(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f))
+
+    def sha256(self, artifact_id: str) -> str | None:
+        """The stored artifact's sha256, None when it is not there."""
+        try:
+            with self.open_reader(artifact_id) as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except ArtifactNotFound:
+            return None
+
+
 def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = False) -> RDBStorage:
     """The study storage at `url`; `must_exist` refuses to create a SQLite file that is not there.
 
@@ -56,7 +90,7 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
         kwargs = dict(
             heartbeat_interval=heartbeat,
             grace_period=MISSED_BEATS * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=RetryWithoutWeights(max_retry=2),
         )
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):

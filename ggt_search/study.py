@@ -15,17 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import get_all_artifact_meta, upload_artifact
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
+from ggt_search.files import file_sha256, make_folder, save_tensors
 from ggt_search.metrics import TRIVIAL, is_better
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.space import check_space, grid, load_space, suggest
-from ggt_search.storage import artifact_dir, create_or_load_study, load_existing_study
+from ggt_search.storage import (
+    AtomicArtifactStore,
+    artifact_dir,
+    create_or_load_study,
+    load_existing_study,
+    open_storage,
+)
 from ggt_search.trials import FINISHED, SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
 from ggt_search.workers import run_workers
 
@@ -120,8 +126,7 @@ class Objective:
     def __init__(self, settings: SearchSettings, space: dict, device: str, graphs: GraphSet):
         self.settings, self.space, self.graphs = settings, space, graphs
         self.base = settings.base.with_overrides(train={"device": device})  # the space may still override it
-        settings.artifact_dir().mkdir(parents=True, exist_ok=True)
-        self.store = FileSystemArtifactStore(str(settings.artifact_dir()))
+        self.store = AtomicArtifactStore(make_folder(settings.artifact_dir()))
 
     def __call__(self, trial: optuna.Trial) -> float:
         total = self.settings.trials
@@ -141,11 +146,13 @@ class Objective:
         # the study's best weights, for whoever evaluates them next
         if self._is_new_best(trial, result.best_valid, self.graphs.metric):
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(result.best_state, Path(folder) / "best.pt")
-                upload_artifact(
-                    artifact_store=self.store, file_path=str(Path(folder) / "best.pt"), study_or_trial=trial
-                )
-            TrialRecord().write(trial, weights="artifact: best.pt")
+                weights = Path(folder) / "best.pt"
+                save_tensors(result.best_state, weights)
+                size, digest = weights.stat().st_size, file_sha256(weights)
+                artifact = upload_artifact(artifact_store=self.store, file_path=str(weights), study_or_trial=trial)
+            if self.store.sha256(artifact) != digest:
+                raise UserError(f"the stored copy of trial {trial.number}'s weights differs from what was written")
+            TrialRecord().write(trial, weights="artifact: best.pt", weights_bytes=size, weights_sha256=digest)
         return result.best_valid
 
     @staticmethod
@@ -262,14 +269,25 @@ def search(settings: SearchSettings) -> optuna.Study:
     return study
 
 
-def best_config(study_name: str, storage: str) -> RunConfig:
-    """The config the search's best completed trial trained: the one to evaluate over 10 seeds."""
+def best_config(study_name: str, storage: str, artifacts: str | None = None) -> RunConfig:
+    """The config the search's best completed trial trained: the one to evaluate over 10 seeds.
+    Refused when the trial's stored weights are not the ones it recorded (a damaged study)."""
     study = load_existing_study(study_name, storage)
     try:
         trial = study.best_trial
     except ValueError:
         raise UserError(f"study {study_name!r} has no completed trial yet; run or resume the search first") from None
-    return RunConfig.from_dict(TrialRecord.of(trial).config)
+    record = TrialRecord.of(trial)
+    if record.weights_sha256:
+        store = AtomicArtifactStore(artifact_dir(storage, artifacts))
+        for meta in get_all_artifact_meta(trial, storage=open_storage(storage)):
+            stored = store.sha256(meta.artifact_id)
+            if stored is not None and stored != record.weights_sha256:
+                raise UserError(
+                    f"the weights of study {study_name!r}'s best trial {trial.number} (artifact {meta.artifact_id}) "
+                    "do not match their recorded sha256 (damaged files); rerun the search as a new --study"
+                )
+    return RunConfig.from_dict(record.config)
 
 
 def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:

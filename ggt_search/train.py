@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import json
 import math
 import platform
@@ -28,6 +29,7 @@ from ggt_search.batching import DeviceGraphs
 from ggt_search.config import RunConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
+from ggt_search.files import make_folder, save_tensors, write_text
 from ggt_search.metrics import is_better, masked_loss, score, trivial_score
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
 from ggt_search.steps import TrainStep, autocast, check_device, make_step, train_steps
@@ -35,8 +37,8 @@ from ggt_search.steps import TrainStep, autocast, check_device, make_step, train
 EVAL_BATCH_SIZE = 1024
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the candidate diverged."""
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite: the candidate diverged (a search prunes it; `train` says so)."""
 
 
 @dataclass
@@ -270,7 +272,9 @@ class Trainer:
         progress = tqdm(batches, total=num_batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
         mean_loss = train_steps(step, progress)
         if not math.isfinite(mean_loss):
-            raise NonFiniteLoss(f"training loss is {mean_loss} at epoch {epoch}")
+            raise NonFiniteLoss(
+                f"training loss is {mean_loss} at epoch {epoch}: the run diverged; lower --lr (now {cfg.lr:g})"
+            )
         return mean_loss
 
     def loss(self, forward: Callable, batch) -> torch.Tensor:
@@ -302,6 +306,10 @@ class Trainer:
             predicted = torch.sigmoid(logits)
         else:
             predicted = logits * self.target_std + self.target_mean
+        if not torch.isfinite(predicted).all():
+            raise NonFiniteLoss(
+                f"the {split} predictions are not finite: the run diverged; lower --lr (now {self.config.train.lr:g})"
+            )
         return Predictions(self.data.split[split].cpu().numpy(), predicted.cpu().numpy(), labels.cpu().numpy())
 
     def score(self, predictions: Predictions) -> float:
@@ -317,7 +325,14 @@ def load_pretrained(model: GatedGraphTransformer, path: str) -> None:
     an architecture that differs from the checkpoint's is refused, naming the first field."""
     if not Path(path).is_file():
         raise UserError(f"train.init: no checkpoint at {path}; make one with `ggt-search pretrain`")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    remedy = "--init takes a `ggt-search pretrain` checkpoint (pretrained.pt)"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or a pickle that runs code (refused by weights_only)
+        raise UserError(f"cannot read {path} as a checkpoint ({str(error).splitlines()[0][:200]}); {remedy}") from None
+    if not isinstance(checkpoint, dict) or not {"model_config", "state"} <= checkpoint.keys():
+        what = "a run's weights (best.pt)" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise UserError(f"{path} holds {what}, not a pre-trained checkpoint; {remedy}")
     for key, value in checkpoint["model_config"].items():
         if key not in FREE_WHEN_FINE_TUNING and getattr(model.config, key, value) != value:
             raise UserError(
@@ -344,13 +359,12 @@ class RunLog:
         self.tensorboard = None
         if self.dir is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.dir)
         config.save(self.dir / "config.yaml")
-        (self.dir / "environment.json").write_text(
-            json.dumps(environment(device) | {"parameters": parameters}, indent=2)
+        write_text(
+            self.dir / "environment.json", json.dumps(environment(device) | {"parameters": parameters}, indent=2)
         )
-        self.metrics = self.dir / "metrics.csv"
-        self.metrics.unlink(missing_ok=True)
+        self.rows: list[dict] = []  # metrics.csv is rewritten whole each epoch: never a half-written row
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -362,12 +376,12 @@ class RunLog:
         if self.dir is None:
             return
         row = record.__dict__
-        new = not self.metrics.exists()
-        with open(self.metrics, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self.rows.append(dict(row))
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.dir / "metrics.csv", table.getvalue())
         if self.tensorboard is not None:
             for key, value in row.items():
                 if key != "epoch" and value is not None:
@@ -375,13 +389,11 @@ class RunLog:
 
     def weights(self, state: dict) -> None:
         if self.dir is not None:
-            torch.save(state, self.dir / "best.pt")
+            save_tensors(state, self.dir / "best.pt")
 
     def result(self, result: RunResult) -> None:
         if self.dir is None:
             return
-        tmp = self.dir / "result.json.tmp"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        tmp.replace(self.dir / "result.json")  # result.json appears only when the run is complete
+        write_text(self.dir / "result.json", json.dumps(result.to_dict(), indent=2))  # last: the run is complete
         if self.tensorboard is not None:
             self.tensorboard.close()

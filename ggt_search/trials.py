@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from ggt_search.config import RunConfig
 from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
+from ggt_search.files import DiskFull
 from ggt_search.record import TrialRecord
 from ggt_search.storage import MISSED_BEATS, heartbeat_ages
 from ggt_search.train import NonFiniteLoss, Predictions, RunResult, Trainer, environment
@@ -109,8 +110,11 @@ def load_predictions(store: FileSystemArtifactStore, artifact_id: str) -> dict[s
         }
 
 
-def recorded(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-    """`objective`, with every way a trial can end written on the trial: its reason and its time."""
+def recorded(
+    objective: Callable[[optuna.Trial], float], disk_full: list[DiskFull] | None = None
+) -> Callable[[optuna.Trial], float]:
+    """`objective`, with every way a trial can end written on the trial: its reason and its time.
+    A full disk also stops the study (every later trial would fail the same way), kept in `disk_full`."""
 
     def run(trial: optuna.Trial) -> float:
         record, start = TrialRecord(), time.perf_counter()
@@ -127,6 +131,9 @@ def recorded(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Tri
         except Exception as error:  # recorded on the trial; Optuna marks it FAIL and goes on
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
+            if isinstance(error, DiskFull) and disk_full is not None:
+                disk_full.append(error)
+                trial.study.stop()
             if isinstance(error, (UserError, SurplusTrial)):  # our own one-line reasons
                 record.write(trial, reason=str(error))
             else:
@@ -173,20 +180,24 @@ def run_trials(
     total: int | None,
     stop: Callable[[optuna.Study], bool],
 ) -> None:
-    """study.optimize with our rules: failures recorded and caught, one progress line per trial."""
+    """study.optimize with our rules: failures recorded and caught, one progress line per trial;
+    a full disk stops the study, and is raised (one line) once the trial is recorded."""
 
     def stop_when_done(study: optuna.Study, trial) -> None:
         if stop(study):
             study.stop()
 
+    disk_full: list[DiskFull] = []
     study.optimize(
-        recorded(objective),
+        recorded(objective, disk_full),
         n_trials=n_trials,
         timeout=timeout,
         catch=(Exception,),
         callbacks=[ProgressLine(total), stop_when_done],
         gc_after_trial=True,
     )
+    if disk_full:
+        raise disk_full[0]
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

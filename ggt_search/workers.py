@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from ggt_search.errors import UserError
+from ggt_search.files import file_error
 
 
 def cpu_share(workers: int) -> int:
@@ -91,6 +92,9 @@ def _worker_main(target, job, worker: int, device: str, threads: int) -> None:
             target(job, worker, device)
     except KeyboardInterrupt:
         sys.exit(130)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+    except (UserError, OSError) as error:
+        user_error = error if isinstance(error, UserError) else file_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr, flush=True)
         sys.exit(2)

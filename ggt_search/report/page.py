@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import re
 from pathlib import Path
 
 import markdown
 import pandas as pd
 from markdown.treeprocessors import Treeprocessor
 from matplotlib.figure import Figure
+
+from ggt_search.files import atomic_write, make_folder, write_text
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -26,7 +30,7 @@ class Page:
     def __init__(self, out: Path, title: str):
         self.out, self.title = out, title
         self.blocks = [f"# {title}"]
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
 
     def heading(self, text: str, level: int = 2):
         self.blocks.append(f"{'#' * level} {text}")
@@ -39,23 +43,43 @@ class Page:
         self.blocks.append(frame.to_markdown(index=False, floatfmt=floatfmt))
 
     def figure(self, fig: Figure, name: str, caption: str):
-        fig.savefig(self.out / f"{name}.png", dpi=110, bbox_inches="tight")
-        self.blocks.append(f"![{caption}]({name}.png)\n\n*{caption}*")
+        """The figure as <slug of name>.png beside the report (a name may hold a study's name, any text)."""
+        file = f"{slug(name)}.png"
+        atomic_write(self.out / file, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        self.blocks.append(f"![{caption}]({file})\n\n*{caption}*")
 
     def write(self):
         text = "\n\n".join(self.blocks) + "\n"
-        (self.out / "report.md").write_text(text)
+        write_text(self.out / "report.md", text)
         body = markdown_to_html(text, self.out)
         head = f"<meta charset='utf-8'><title>{html.escape(self.title)}</title><style>{STYLE}</style>"
-        (self.out / "index.html").write_text(f"<!doctype html><html><head>{head}</head><body>{body}</body></html>")
+        write_text(self.out / "index.html", f"<!doctype html><html><head>{head}</head><body>{body}</body></html>")
+
+
+def slug(name: str) -> str:
+    """A file name made of `name`'s letters, digits, '.', '_' and '-' only (never a path), and unique:
+    a name that had to change carries 8 hex digits of its sha256."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:80] or "figure"
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def markdown_to_html(text: str, folder: Path) -> str:
-    """The HTML of a report's Markdown, by Python-Markdown with tables. Raw HTML is off, so every name and
-    text shows as written (a `<` in it is escaped), and each image beside the report is embedded."""
+    """The HTML of a report's Markdown, by Python-Markdown with tables. Raw HTML and links are off, so every
+    name and text shows as written (a `<` in it is escaped, a `[x](javascript:...)` stays text), and each
+    image beside the report is embedded."""
     converter = markdown.Markdown(extensions=["tables"])
     converter.preprocessors.deregister("html_block")
-    converter.inlinePatterns.deregister("html")
+    for pattern in (
+        "html",
+        "link",
+        "reference",
+        "short_reference",
+        "autolink",
+        "automail",
+        "image_reference",
+        "short_image_ref",
+    ):
+        converter.inlinePatterns.deregister(pattern)
     converter.treeprocessors.register(EmbedImages(converter, folder), "embed_images", 15)  # after inline (20)
     return converter.convert(text)
 
@@ -68,6 +92,10 @@ class EmbedImages(Treeprocessor):
         self.folder = folder
 
     def run(self, root):
+        figures = {path.name for path in self.folder.glob("*.png")}
         for image in root.iter("img"):
+            if image.get("src") not in figures:  # an image a name wrote: no file of the report, never a URL
+                image.set("src", "")
+                continue
             data = base64.b64encode((self.folder / image.get("src")).read_bytes()).decode()
             image.set("src", f"data:image/png;base64,{data}")
