@@ -74,7 +74,7 @@ def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
     assert len(again.trials) == 10 and [t.number for t in again.trials[:8]] == list(range(8))
     params = [tuple(sorted(t.params.items())) for t in again.trials]
     assert len(set(params)) == len(params)  # the resumed sampler does not replay earlier trials
-    search(settings(tmp_path, bbbp_csv, space, trials=10))
+    search(settings(tmp_path, bbbp_csv, space, pruner="hyperband", trials=10))  # the same search: nothing to add
     assert "already has its 10 finished trials" in capsys.readouterr().out
 
 
