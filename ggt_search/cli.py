@@ -281,11 +281,14 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     )
     if args.device:
         ablation.base = ablation.base.with_overrides(train={"device": args.device})
+    from ggt_search.storage import hide_password
+
     group = args.study or ablation.name
     studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
+    storage = hide_password(args.storage)
     print(
-        f"studies {', '.join(s.study_name for s in studies)} in {args.storage}; report: ggt-search report "
-        f"{group} --storage {args.storage}"
+        f"studies {', '.join(s.study_name for s in studies)} in {storage}; report: ggt-search report "
+        f"{group} --storage {storage}"
     )
 
 

@@ -7,7 +7,7 @@ import socket
 from optuna.artifacts import FileSystemArtifactStore
 
 from ggt_search.errors import UserError
-from ggt_search.storage import artifact_dir, open_storage
+from ggt_search.storage import artifact_dir, hide_password, open_storage
 
 
 def serve(storage: str, artifacts: str | None, host: str, port: int) -> None:
@@ -17,7 +17,10 @@ def serve(storage: str, artifacts: str | None, host: str, port: int) -> None:
     check_port_free(host, port)
     folder = artifact_dir(storage, artifacts)  # where `search` put the best weights
     artifact_store = FileSystemArtifactStore(str(folder)) if folder.exists() else None
-    print(f"optuna-dashboard: http://{host}:{port}/dashboard  (storage {storage}; Ctrl-C stops it)", flush=True)
+    print(
+        f"optuna-dashboard: http://{host}:{port}/dashboard  (storage {hide_password(storage)}; Ctrl-C stops it)",
+        flush=True,
+    )
     try:
         run_server(store, host=host, port=port, artifact_store=artifact_store)
     except KeyboardInterrupt:  # optuna-dashboard catches Ctrl-C itself in some versions, not in others

@@ -9,18 +9,22 @@ what it had; `TrialRecord.of(trial)` reads it back.
 Optuna keeps a study's name, direction and metric names; what the study is an experiment on
 (its kind, dataset, budget, and the search's space or the ablation's variants) is a
 `StudyRecord`, stored as the study's user attributes; `StudyRecord.of(study)` reads it back,
-also from a study written before it existed.
+also from a study written before it existed. A study holds one experiment: `check_resumes`
+refuses a run that would add trials of another one to it.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import optuna
 
+from ggt_search.errors import UserError
 from ggt_search.metrics import study_direction
+from ggt_search.storage import hide_password
 
 if TYPE_CHECKING:
     from ggt_search.config import DatasetSpec
@@ -85,7 +89,7 @@ class StudyRecord:
             metric=graphs.metric,
             direction=study_direction(graphs.metric),
             epochs=epochs,
-            command=" ".join(["ggt-search", *sys.argv[1:]]),
+            command=" ".join(["ggt-search", *map(hide_password, sys.argv[1:])]),
             **kind_fields,
         )
 
@@ -101,6 +105,22 @@ class StudyRecord:
             if value is not None:
                 study.set_user_attr(name, value)
 
+    def check_resumes(self, study: optuna.Study, defining: tuple[str, ...]) -> None:
+        """Refuse to run this record's experiment in `study` when the study records another one
+        in any of the `defining` fields: their trials would be pooled. A field the study has no
+        value for (written before it was recorded) is not compared."""
+        stored = StudyRecord.of(study)
+        for name in defining:
+            stored_value = getattr(stored, name)
+            wanted = json.loads(json.dumps(getattr(self, name)))  # as the study stores it: tuples are lists
+            if stored_value is not None and (difference := _difference(name, stored_value, wanted)):
+                field, stored_value, wanted = difference
+                raise UserError(
+                    f"study {study.study_name} holds a {stored.kind or 'study'} with {field} = {stored_value!r}, "
+                    f"but this run asks for {wanted!r}; rerun with the same settings, or pass --study NEW for a "
+                    "new study"
+                )
+
     @classmethod
     def of(cls, study: optuna.Study | optuna.study.StudySummary) -> StudyRecord:
         known = {f.name for f in fields(cls)}
@@ -108,6 +128,16 @@ class StudyRecord:
         if record.direction is None and len(study.directions) == 1:  # another tool's study may have several
             record.direction = study.directions[0].name.lower()
         return record
+
+
+def _difference(field: str, stored, wanted) -> tuple[str, object, object] | None:
+    """(the first field where two values differ, as 'space.model.layers', stored value, wanted value), or None."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in sorted(set(stored) | set(wanted)):
+            if difference := _difference(f"{field}.{key}", stored.get(key), wanted.get(key)):
+                return difference
+        return None
+    return None if stored == wanted else (field, stored, wanted)
 
 
 def _upgraded(attrs: dict) -> dict:

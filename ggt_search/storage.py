@@ -4,6 +4,9 @@ A study is addressed by its name and storage URL: a SQLite file (one machine, a 
 workers), or any SQLAlchemy URL such as PostgreSQL for workers on many machines. A worker
 sends heartbeats; a trial silent for MISSED_BEATS of them is stale (its worker is taken for
 dead), and `trials.fail_stale_trials` fails it and queues it again.
+
+A URL's password never leaves it: every URL printed, written to a report or stored on a study
+goes through `hide_password`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the trial attributes that link its artifacts
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ggt_search.errors import UserError
 from ggt_search.files import atomic_write
@@ -33,6 +38,21 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 MISSED_BEATS = 4  # a trial silent for this many heartbeats is stale: its worker is taken for dead
+
+
+def hide_password(text: str) -> str:
+    """`text` with the password of the database URL it is (or that a `--flag=URL` gives) shown as ***;
+    any other text unchanged."""
+    if text.startswith("--") and "=" in text:
+        flag, _, value = text.partition("=")
+        return f"{flag}={hide_password(value)}"
+    if "://" not in text:
+        return text
+    try:
+        url = make_url(text)
+    except ArgumentError:  # not a URL SQLAlchemy reads: nothing to hide
+        return text
+    return url.render_as_string(hide_password=True) if url.password is not None else text
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -81,7 +101,7 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
     """
     if "://" not in url:
         raise UserError(
-            f"storage {url!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
+            f"storage {hide_password(url)!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
         )
     if must_exist and sqlite_path(url) is not None and not sqlite_path(url).is_file():
         raise UserError(f"no study storage at {url} (no file {sqlite_path(url)}); check --storage")
@@ -101,7 +121,7 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
             # the loser's CREATE fails, and a moment later the tables are there.
             creating = "already exists" in str(error) or "duplicate key" in str(error)
             if not (creating and attempt < 2):
-                raise UserError(f"cannot open storage {url}: {str(error).splitlines()[0]}") from None
+                raise UserError(f"cannot open storage {hide_password(url)}: {str(error).splitlines()[0]}") from None
             time.sleep(1 + attempt)
 
 
@@ -122,7 +142,9 @@ def load_existing_study(name: str, url: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        raise UserError(f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
+        raise UserError(
+            f"no study {name!r} in {hide_password(url)}; studies there: {', '.join(names) or 'none'}"
+        ) from None
 
 
 def heartbeat_ages(

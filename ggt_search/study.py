@@ -29,6 +29,7 @@ from ggt_search.storage import (
     AtomicArtifactStore,
     artifact_dir,
     create_or_load_study,
+    hide_password,
     load_existing_study,
     open_storage,
 )
@@ -88,6 +89,10 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner {name!r}; use median, hyperband or none")
 
 
+# What defines a search: a resume that differs in any of these would pool the trials of two experiments.
+SEARCH_DEFINED_BY = ("kind", "dataset", "checksum", "metric", "direction", "epochs", "space", "sampler", "pruner")
+
+
 def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> StudyRecord:
     """What defines this search: its dataset, metric and direction, budget, space, sampler and pruner."""
     return StudyRecord.new(
@@ -101,18 +106,22 @@ def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> St
     )
 
 
-def open_study(settings: SearchSettings, graphs: GraphSet, space: dict, worker: int = 0):
-    """(study, storage): the study, created on first use and described by its StudyRecord, with a
-    sampler that has not seen this run's draws."""
+def create_study(settings: SearchSettings, graphs: GraphSet, space: dict) -> None:
+    """Create the study (and a fresh storage) once, before any worker opens it: workers that
+    start together on a fresh SQLite file would race to create its tables. A resumed study
+    must be the same search; this run's command line is recorded on it."""
     record = search_record(settings, graphs, space)
-    study, storage = create_or_load_study(
-        settings.study,
-        settings.storage,
-        settings.heartbeat,
-        record.direction,
-        pruner=make_pruner(settings.pruner, settings.base.train.epochs),
-    )
+    study, _ = create_or_load_study(settings.study, settings.storage, settings.heartbeat, record.direction)
+    record.check_resumes(study, SEARCH_DEFINED_BY)
     record.write(study)
+
+
+def open_study(settings: SearchSettings, space: dict, worker: int = 0):
+    """(study, storage): the study `create_study` made, with a sampler that has not seen this run's draws."""
+    storage = open_storage(settings.storage, settings.heartbeat)
+    study = optuna.load_study(
+        study_name=settings.study, storage=storage, pruner=make_pruner(settings.pruner, settings.base.train.epochs)
+    )
     # Seeded by the trials already there too: a resumed study (or a second worker) must
     # not replay the first run's random start-up trials.
     existing = len(study.get_trials(deepcopy=False))
@@ -225,11 +234,11 @@ def remaining(study: optuna.Study, total: int | None) -> int | None:
     return max(0, total - len(study.get_trials(deepcopy=False, states=live)))
 
 
-def run_worker(job: tuple[SearchSettings, dict], worker: int = 0, device: str | None = None) -> None:
-    settings, space = job
-    graphs = load_dataset(settings.base.dataset)
+def run_worker(job: tuple[SearchSettings, dict, GraphSet | None], worker: int = 0, device: str | None = None) -> None:
+    settings, space, graphs = job
+    graphs = graphs or load_dataset(settings.base.dataset)
     objective = Objective(settings, space, device or settings.base.train.device, graphs)
-    study, storage = open_study(settings, graphs, space, worker)
+    study, storage = open_study(settings, space, worker)
     fail_stale_trials(study)  # trials of killed workers: failed now, retried below
     left = remaining(study, settings.trials)
     if left == 0:  # nothing to start: say why (all finished, or some still running, perhaps in a killed worker)
@@ -259,11 +268,13 @@ def search(settings: SearchSettings) -> optuna.Study:
     check_space(space, settings.base, settings.space_file)  # every value of the space, before any study exists
     if settings.sampler == "grid":
         grid(space)  # a grid needs categorical parameters only: say so before any work
-    if settings.workers > 1:  # build the dataset and PE caches once, before the workers start
-        graphs = load_dataset(settings.base.dataset)
-        if settings.base.model.pe_dim or "model.pe_dim" in space:
-            graphs.load_pe(0)
-    run_workers(run_worker, (settings, space), settings.workers, settings.base.train.device)
+    graphs = load_dataset(settings.base.dataset)  # and its caches, once, before any worker starts
+    if settings.workers > 1 and (settings.base.model.pe_dim or "model.pe_dim" in space):
+        graphs.load_pe(0)
+    create_study(settings, graphs, space)
+    # One worker runs here and trains on these graphs; spawned workers load them from the cache.
+    job = (settings, space, graphs if settings.workers == 1 else None)
+    run_workers(run_worker, job, settings.workers, settings.base.train.device)
     study = load_existing_study(settings.study, settings.storage)
     _print_summary(study, settings)
     return study
@@ -291,6 +302,7 @@ def best_config(study_name: str, storage: str, artifacts: str | None = None) -> 
 
 
 def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
+    storage = hide_password(settings.storage)
     states = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in study.get_trials(deepcopy=False):
         if t.state.name.lower() in states:
@@ -305,9 +317,9 @@ def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
         print(f"  {best.params}")
         print(
             f"final evaluation (OGB: 10 seeds): ggt-search evaluate --from-study {study.study_name} --storage "
-            f"{settings.storage} --seeds 0-9"
+            f"{storage} --seeds 0-9"
         )
     except ValueError:
         print("no trial has completed yet")
-    print(f"storage: {settings.storage}")
-    print(f"dashboard: ggt-search dashboard --storage {settings.storage} --artifacts {settings.artifact_dir()}")
+    print(f"storage: {storage}")
+    print(f"dashboard: ggt-search dashboard --storage {storage} --artifacts {settings.artifact_dir()}")

@@ -2,7 +2,10 @@
 - `run_workers` starts them, each with its share of the CPU cores (training processes that
   each take every core run up to 8x slower side by side) and its GPU (round-robin);
 - Ctrl-C or SIGTERM stops every worker: the trial each was training is recorded as FAIL
-  ("stopped"), and every finished trial stays in the study.
+  ("stopped"), and every finished trial stays in the study;
+- a parent that dies without a word (`kill -9`, which runs no handler) takes its workers with it:
+  each watches its parent, and stops at once, leaving its trial RUNNING for the heartbeat to fail
+  and retry (`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
+from multiprocessing.connection import wait
 
 import torch
 
@@ -84,7 +89,19 @@ def run_workers(target, job, workers: int, device: str) -> None:
         )
 
 
+def exit_with_parent() -> None:
+    """In a spawned worker: exit the moment the parent process dies. Its end of a pipe to this
+    worker (multiprocessing's parent sentinel) closes then, however it died."""
+
+    def watch(sentinel) -> None:
+        wait([sentinel])
+        os._exit(1)  # no clean-up: the parent is gone, and the trial's heartbeat stops with this process
+
+    threading.Thread(target=watch, args=(mp.parent_process().sentinel,), daemon=True, name="parent-watch").start()
+
+
 def _worker_main(target, job, worker: int, device: str, threads: int) -> None:
+    exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers with SIGTERM
     torch.set_num_threads(threads)
     try:

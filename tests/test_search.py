@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import optuna
@@ -73,7 +74,7 @@ def test_study_runs_prunes_and_resumes(tmp_path, bbbp_csv, space, capsys):
     assert len(again.trials) == 10 and [t.number for t in again.trials[:8]] == list(range(8))
     params = [tuple(sorted(t.params.items())) for t in again.trials]
     assert len(set(params)) == len(params)  # the resumed sampler does not replay earlier trials
-    search(settings(tmp_path, bbbp_csv, space, trials=10))
+    search(settings(tmp_path, bbbp_csv, space, pruner="hyperband", trials=10))  # the same search: nothing to add
     assert "already has its 10 finished trials" in capsys.readouterr().out
 
 
@@ -434,3 +435,167 @@ def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
     )
     threads = [json.loads((out / f"seed-{s}" / "environment.json").read_text())["threads"] for s in (0, 1)]
     assert threads == [cpu_share(2)] * 2 == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+
+
+def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, moleculenet, space):
+    """Another dataset (or the same file changed), epoch budget or space would pool two experiments' trials."""
+    dataset = tmp_path / "bbbp.csv"
+    dataset.write_bytes(bbbp_csv.read_bytes())
+    base = settings(tmp_path, bbbp_csv, space).base.with_overrides(dataset={"name": str(dataset)}, train={"epochs": 1})
+    first = dict(trials=1, pruner="none", base=base)
+    search(settings(tmp_path, bbbp_csv, space, **first))
+
+    other_space = tmp_path / "other.yaml"
+    other_space.write_text(TINY_SPACE.replace("model.layers: {int: [1, 2]}", "model.layers: {int: [1, 3]}"))
+    other = tmp_path / "other.csv"
+    pd.read_csv(moleculenet / "BBBP.csv").sample(300, random_state=1).to_csv(other, index=False)
+    more = first | {"trials": 2}  # a resume that would train a trial
+    resumes = {
+        "dataset.name": more | {"base": first["base"].with_overrides(dataset={"name": str(other)})},
+        "epochs": more | {"base": first["base"].with_overrides(train={"epochs": 3})},
+        "space.model.layers.int": more | {"space_file": str(other_space)},
+        "sampler": more | {"sampler": "random"},
+    }
+    for field, changed in resumes.items():
+        with pytest.raises(UserError, match=rf"study s holds a search with {field} = .*pass --study NEW") as refused:
+            search(settings(tmp_path, bbbp_csv, space, **changed))
+        assert "\n" not in str(refused.value)
+    dataset.write_bytes(other.read_bytes())  # the same file name, other molecules
+    with pytest.raises(UserError, match="study s holds a search with checksum = "):
+        search(settings(tmp_path, bbbp_csv, space, **more))
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/study.db").trials) == 1
+
+
+def test_workers_start_on_a_study_the_parent_created(tmp_path, bbbp_csv, space, monkeypatch):
+    """Workers started together on a fresh SQLite file raced to create its tables (1 try in 5 failed)."""
+    import ggt_search.study
+
+    start_workers, kinds = ggt_search.study.run_workers, []
+
+    def start_on_the_created_study(target, job, workers, device):
+        kinds.append(optuna.load_study(study_name="s", storage=job[0].storage).user_attrs["kind"])
+        start_workers(target, job, workers, device)
+
+    monkeypatch.setattr(ggt_search.study, "run_workers", start_on_the_created_study)
+    base = settings(tmp_path, bbbp_csv, space).base.with_overrides(train={"epochs": 1})
+    for attempt in range(3):
+        storage = f"sqlite:///{tmp_path}/fresh-{attempt}.db"
+        study = search(settings(tmp_path, bbbp_csv, space, base=base, trials=2, workers=2, storage=storage))
+        assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert kinds == ["search"] * 3
+
+
+def assert_workers_die_with(parent: subprocess.Popen, started) -> None:
+    """Once `started()` says the workers train, kill -9 the parent: no worker may outlive it for long."""
+    deadline = time.time() + 120
+    while not started() and time.time() < deadline:
+        time.sleep(0.5)
+    workers = descendants(parent.pid)
+    assert len(workers) >= 2, "the workers never started"
+    parent.kill()  # SIGKILL: no handler of the parent runs
+    parent.wait()
+    try:
+        deadline = time.time() + 30  # the workers go at once; the bound only spares a loaded machine
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if alive(p)], "workers outlived their killed parent"
+    finally:  # a test that fails must not leave them training
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_search_workers_die_with_their_killed_parent_and_a_rerun_resumes(tmp_path, bbbp_csv, space):
+    storage = f"sqlite:///{tmp_path}/orphans.db"
+    command = [
+        *CLI,
+        *("search", "--study", "o", "--space", str(space), "--trials", "2"),
+        *("--epochs", "10", "--pruner", "none", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage),
+    ]
+    parent = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def training() -> bool:
+        try:
+            trials = optuna.load_study(study_name="o", storage=storage).trials
+        except KeyError:
+            return False
+        return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+
+    assert_workers_die_with(parent, training)
+    killed = [t for t in optuna.load_study(study_name="o", storage=storage).trials if t.state == TrialState.RUNNING]
+    assert killed  # left to the heartbeat, not finished by an orphan
+
+    age_heartbeats(storage, seconds=600)  # the killed trials go stale at once
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = optuna.load_study(study_name="o", storage=storage).trials
+    completed = [t.params for t in trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == 2
+    for trial in killed:  # failed by the rerun, and retried with its parameters
+        assert trials[trial.number].state == TrialState.FAIL and trial.params in completed
+
+
+def test_evaluate_workers_die_with_their_killed_parent(tmp_path, bbbp_csv):
+    out = tmp_path / "eval"
+    command = [
+        *CLI,
+        *("evaluate", "--dataset", str(bbbp_csv), "--device", "cpu"),
+        *(
+            "--layers",
+            "1",
+            "--hidden",
+            "8",
+            "--epochs",
+            "100000",
+            "--seeds",
+            "0,1",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ),
+    ]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert_workers_die_with(parent, lambda: all((out / f"seed-{s}" / "metrics.csv").exists() for s in (0, 1)))
+
+
+def test_a_password_never_leaves_the_storage_url(tmp_path, capsys):
+    from ggt_search.storage import hide_password
+
+    url = "postgresql+psycopg2://ggt:s3cret-pw@127.0.0.1:1/optuna"  # port 1: nothing listens there
+    assert hide_password(url) == "postgresql+psycopg2://ggt:***@127.0.0.1:1/optuna"
+    assert hide_password(f"--storage={url}") == "--storage=postgresql+psycopg2://ggt:***@127.0.0.1:1/optuna"
+    for unchanged in ("sqlite:///study.db", "postgresql+psycopg2://ggt@host/optuna", "ogbg-molbbbp", "nodb"):
+        assert hide_password(unchanged) == unchanged
+    assert cli.main(["search", "--study", "x", "--storage", url, "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage postgresql+psycopg2://ggt:***@127.0.0.1:1/optuna" in err and "s3cret" not in err
+
+
+@pytest.mark.postgres
+def test_a_password_is_masked_in_hints_reports_and_the_study(tmp_path, bbbp_csv, space, capsys, monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    from ggt_search.record import StudyRecord
+
+    server = os.environ.get("GGT_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("GGT_TEST_POSTGRES_URL not set (tests/run.sh starts a server)")
+    url = make_url(server).set(password="s3cret-pw").render_as_string(hide_password=False)  # the server trusts any
+    study = f"pw-{os.getpid()}-{time.time_ns()}"
+    command = ["search", "--study", study, "--space", str(space), "--trials", "1", "--epochs", "1"]
+    command += ["--dataset", str(bbbp_csv), "--device", "cpu", "--storage", url, "--artifacts", str(tmp_path / "a")]
+    monkeypatch.setattr(sys, "argv", ["ggt-search", *command])  # what the study records as its command
+    assert cli.main(command) == 0
+    assert cli.main(["report", study, "--storage", url, "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr()
+    shown = {
+        "output": printed.out + printed.err,
+        "report.md": (tmp_path / "report" / "report.md").read_text(),
+        "index.html": (tmp_path / "report" / "index.html").read_text(),
+        "the study's command": StudyRecord.of(optuna.load_study(study_name=study, storage=url)).command,
+    }
+    for where, text in shown.items():
+        assert "s3cret" not in text, where
+    assert f"--storage {make_url(url).render_as_string(hide_password=True)}" in shown["the study's command"]
+    assert "--storage postgresql+psycopg2://ggt:***@" in shown["output"]

@@ -21,7 +21,7 @@ from ggt_search.report.ablation import ablation_sections
 from ggt_search.report.figures import report_style
 from ggt_search.report.page import Page
 from ggt_search.report.search import search_sections
-from ggt_search.storage import open_storage
+from ggt_search.storage import hide_password, open_storage
 
 
 def build_report(names: list[str], storage: str, out: Path) -> Path:
@@ -35,7 +35,8 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
     if missing:
         known = sorted({StudyRecord.of(s).group or s.study_name for s in summaries})
         raise UserError(
-            f"no study named {', '.join(missing)} in {storage}; studies there: {', '.join(known) or 'none'}"
+            f"no study named {', '.join(missing)} in {hide_password(storage)}; "
+            f"studies there: {', '.join(known) or 'none'}"
         )
     page = Page(out, f"ggt-search report: {', '.join(names)}")
     studies = []
@@ -55,7 +56,7 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
 def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> None:
     """Where the runs ran, as each run recorded it when it ran (not the machine writing the report)."""
     page.heading("Reproducibility")
-    page.text(f"storage: {storage}")
+    page.text(f"storage: {hide_password(storage)}")
     for s in studies:
         record = StudyRecord.of(s)
         if record.command:
