@@ -252,3 +252,13 @@ def test_paths_in_an_ablation_file_are_read_beside_the_file(moleculenet, tmp_pat
     monkeypatch.chdir(ROOT)
     (bbbp, *_) = load_ablation(ROOT / "ablations" / "all.yaml").datasets
     assert bbbp.source == "../shared/data/moleculenet"
+
+
+def test_a_study_refuses_other_molecules_under_the_same_path(bbbp_csv, tmp_path):  # noqa: F811
+    table = tmp_path / "mine.csv"
+    shutil.copy(bbbp_csv, table)
+    run(tmp_path, ABLATION, table, seeds="0")
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-20]) + "\n")  # 20 molecules fewer, same file name
+    with pytest.raises(UserError, match=r"holds an ablation with checksum = .*--study NEW"):
+        run(tmp_path, ABLATION, table, seeds="0-1")
