@@ -121,3 +121,15 @@ def design_ranks_figure(ranks: pd.DataFrame, wrap: int = 3, size: float = 2.8) -
         ax.remove()
     fig.tight_layout()
     return fig
+
+
+def expected_best_figure(curve: pd.DataFrame) -> Figure:
+    """The expected best validation score over n trials, with its bootstrap band."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    ax.fill_between(curve["trials"], curve["band low"], curve["band high"], color="C0", alpha=0.25, label="95% band")
+    ax.plot(curve["trials"], curve["expected best"], color="C0", label="expected best")
+    ax.legend(loc="lower right")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("validation metric")
+    return fig
