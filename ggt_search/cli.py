@@ -278,8 +278,34 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     )
 
 
+def write_ablation_from_study(args: argparse.Namespace) -> None:
+    """`ablate FILE --from-study NAME`: write FILE, the path from the reference config to the search's answer."""
+    import yaml
+
+    from ggt_search.ablate import ablation_from_study
+    from ggt_search.config import RunConfig
+    from ggt_search.files import write_text
+
+    reference = RunConfig.load(args.reference) if args.reference else RunConfig()
+    values = ablation_from_study(args.from_study, args.storage, reference, args.seeds or "0-4")
+    text = yaml.safe_dump(values, sort_keys=False)
+    if args.file.exists() and args.file.read_text() != text:
+        raise UserError(f"{args.file} exists and holds another ablation; pass another file name, or delete it")
+    write_text(args.file, text)
+    print(f"written: {args.file} ({len(values['variants'])} variants: {', '.join(values['variants'])})")
+    if not args.run:
+        print(f"run it: ggt-search ablate {args.file} --storage {args.storage}")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
     from ggt_search.ablate import SUITES, AblationSettings, load_ablation, run_ablation
+
+    if args.from_study:
+        write_ablation_from_study(args)
+        if not args.run:
+            return
+    elif args.run or args.reference:
+        raise UserError("--run and --reference go with --from-study; without it, the file is run as it is")
 
     dataset = dataset_overrides(args) or None
     if args.suite and dataset and "name" in dataset:
@@ -496,7 +522,23 @@ def add_dashboard_command(commands) -> None:
 
 def add_ablate_command(commands) -> None:
     ablate = commands.add_parser("ablate", help="run a multi-seed ablation (ablations/*.yaml) as an Optuna study")
-    ablate.add_argument("file", type=Path, help="ablation definition, e.g. ablations/convolution.yaml")
+    ablate.add_argument(
+        "file",
+        type=Path,
+        help="ablation definition, e.g. ablations/convolution.yaml (with --from-study: the file written)",
+    )
+    ablate.add_argument(
+        "--from-study",
+        metavar="SEARCH",
+        help="write FILE: an ablation whose baseline is this search study's answer (its confirmed winner, else its "
+        "best trial) and whose variants each put back one searched field it changed from the reference config",
+    )
+    ablate.add_argument(
+        "--reference",
+        type=Path,
+        help="with --from-study: the run config (YAML) to put fields back from (default: the default config)",
+    )
+    ablate.add_argument("--run", action="store_true", help="with --from-study: run the ablation it writes, too")
     ablate.add_argument("--study", help="study name (default: the file's name)")
     ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
     ablate.add_argument("--epochs", type=at_least(1), help="override the file's epoch budget")
