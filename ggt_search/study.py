@@ -246,7 +246,7 @@ def race(study: optuna.Study, scores: dict[str, float], p: float) -> str | None:
         return None
     shared = len(set(scores) & set(best_scores))
     return (
-        f"raced out after {len(scores)} seeds: worse than trial {best.number} on their {shared} shared seeds "
+        f"raced out after {len(scores)} seeds: worse than trial {best.number} over their {shared} shared seeds "
         f"(Wilcoxon signed-rank, p < {p})"
     )
 
