@@ -496,9 +496,16 @@ def chosen_trial(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, str]:
         confirmation = StudyRecord.of(study).confirmation
         row = next(r for r in confirmation["trials"] if r["trial"] == winner)
         seeds = confirmation["seeds"]
+        best = study.best_trial
+        unconfirmed = (
+            ""
+            if best.number in {r["trial"] for r in confirmation["trials"]}
+            else f"; trial {best.number}, better in the search, came later and is not confirmed: rerun the search "
+            "with --confirm-top to confirm it"
+        )
         return study.get_trials(deepcopy=False)[winner], (
             f"the confirmed winner, trial {winner} (valid {row['mean']:.4f}, the mean over {len(seeds)} fresh seeds "
-            f"{seeds[0]}-{seeds[-1]}; {row['search']:.4f} in the search)"
+            f"{seeds[0]}-{seeds[-1]}; {row['search']:.4f} in the search){unconfirmed}"
         )
     try:
         trial = study.best_trial

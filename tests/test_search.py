@@ -400,6 +400,7 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
         "epochs": more | {"base": first["base"].with_overrides(train={"epochs": 3})},
         "space.model.layers.int": more | {"space_file": str(other_space)},
         "sampler": more | {"sampler": "random"},
+        "seeds_per_trial": more | {"seeds_per_trial": 2},
     }
     for field, changed in resumes.items():
         with pytest.raises(UserError, match=rf"study s holds a search with {field} = .*pass --study NEW") as refused:
@@ -596,7 +597,7 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_
     storage = f"sqlite:///{tmp_path}/study.db"
     command = ["search", "--study", "s", "--space", str(space), "--trials", "4", "--epochs", "2", "--pruner", "none"]
     command += ["--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--seeds-per-trial", "2"]
-    command += ["--confirm-top", "2", "--confirm-seeds", "2", "--seed", "3"]
+    command += ["--seed", "3", "--confirm-seeds", "2"]
     never_test = pytest.MonkeyPatch()
     for method in ("evaluate", "predictions"):
         original = getattr(Trainer, method)
@@ -607,7 +608,7 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_
                 pytest.fail("test read") if split == "test" else original(self, model, split)
             ),
         )
-    assert cli.main(command) == 0
+    assert cli.main([*command, "--confirm-top", "2"]) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="s", storage=storage)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -635,10 +636,22 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_
         assert f"trial {row['trial']}: search {row['search']:.4f}, confirmed {row['mean']:.4f}" in out
     assert f"winner: trial {confirmation['winner']}; against the runner-up" in out
 
-    assert cli.main(command) == 0  # the same command again: the confirmation is stored, nothing is retrained
+    assert (
+        cli.main([*command, "--confirm-top", "2"]) == 0
+    )  # the same again: the confirmation is stored, nothing is retrained
     assert "0 runs to do" in capsys.readouterr().out
     assert len(optuna.load_study(study_name="s--confirm", storage=storage).trials) == 4
     never_test.undo()
+    third = sorted(done, key=lambda t: t.value, reverse=True)[2]
+    assert cli.main([*command, "--confirm-top", "3", "--workers", "2"]) == 0  # a wider one, in two workers
+    runs = optuna.load_study(study_name="s--confirm", storage=storage).trials
+    assert len(runs) == 6 and all(r.state == TrialState.COMPLETE for r in runs)  # each run trained once
+    assert {(r.user_attrs["confirms"], r.user_attrs["seed"]) for r in runs[4:]} == {
+        (third.number, 5),
+        (third.number, 6),
+    }
+    confirmation = StudyRecord.of(optuna.load_study(study_name="s", storage=storage)).confirmation
+    assert len(confirmation["trials"]) == 3
 
     winner = study.trials[confirmation["winner"]]
     final = tmp_path / "final"
