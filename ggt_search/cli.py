@@ -536,6 +536,7 @@ def add_ablate_command(commands) -> None:
     ablate.add_argument(
         "--reference",
         type=Path,
+        metavar="CONFIG",
         help="with --from-study: the run config (YAML) to put fields back from (default: the default config)",
     )
     ablate.add_argument("--run", action="store_true", help="with --from-study: run the ablation it writes, too")
