@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ggt_search.report.statistics import t_interval
 
@@ -131,5 +132,6 @@ def expected_best_figure(curve: pd.DataFrame) -> Figure:
     ax.plot(curve["trials"], curve["expected best"], color="C0", label="expected best")
     ax.legend(loc="lower right")
     ax.set_xlabel("trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a number of trials is whole
     ax.set_ylabel("validation metric")
     return fig
