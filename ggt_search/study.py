@@ -544,8 +544,9 @@ def _print_summary(study: optuna.Study, settings: SearchSettings) -> None:
     print(f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in states.items()))
     try:
         best = study.best_trial
+        over = f" (mean over {settings.seeds_per_trial} seeds)" if settings.seeds_per_trial > 1 else ""
         print(
-            f"best trial {best.number}: valid {best.value:.4f}; {TRIVIAL} scores "
+            f"best trial {best.number}: valid {best.value:.4f}{over}; {TRIVIAL} scores "
             f"{TrialRecord.of(best).trivial['valid']:.4f}"
         )
         print(f"  {best.params}")
