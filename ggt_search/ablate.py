@@ -539,3 +539,55 @@ def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device:
 
     if not queue_empty(study):
         run_trials(study, objective, n_trials=None, timeout=None, total=None, stop=queue_empty)
+
+
+def ablation_from_study(study_name: str, storage: str, reference: RunConfig, seeds: str = "0-4") -> dict:
+    """The path from `reference` (the default config, or another the user names) to a search's answer,
+    as an ablation file's contents: the baseline is the search's confirmed winner (else its best
+    trial); each variant puts back one searched field (a key of the search's space) where the
+    winner differs from `reference`. A variant the config checks refuse on its own (a field that
+    only makes sense with another) is left out, and said. Answers "which of the search's choices matter?"."""
+    from ggt_search.study import chosen_trial
+
+    study = load_existing_study(study_name, storage)
+    trial, how = chosen_trial(study)
+    record = StudyRecord.of(study)
+    winner = RunConfig.from_dict(TrialRecord.of(trial).config)
+    won, put_back = winner.to_dict(), reference.to_dict()
+    dataset = dict(won["dataset"])
+    if dataset.get("source"):  # as the search resolved it: the same files wherever the ablation file goes
+        dataset["source"] = str(Path(dataset["source"]).resolve())
+    if Path(dataset["name"]).suffix:  # a CSV path, likewise
+        dataset["name"] = str(Path(dataset["name"]).resolve())
+    variants, refused = {}, []
+    for key in record.space or {}:
+        section, _, name = key.partition(".")
+        if won[section][name] == put_back[section][name]:
+            continue
+        change = {section: {name: put_back[section][name]}}
+        try:
+            winner.with_overrides(**change)
+        except UserError as error:
+            refused.append(f"{key} = {put_back[section][name]!r} ({error})")
+            continue
+        variants[f"{key}={put_back[section][name]}"] = change
+    if not variants:
+        raise UserError(
+            f"study {study_name}'s answer, trial {trial.number}, differs from the reference config in no searched "
+            "field it can put back; nothing to ablate (pass another --reference)"
+        )
+    for line in refused:
+        print(f"left out: {line}")
+    baseline = {
+        section: {k: v for k, v in won[section].items() if k not in ("seed", "device")}
+        for section in ("model", "train")
+    }
+    return {
+        "idea": f"the choices of search {study_name}",
+        "question": f"Which of search {study_name}'s choices matter? Baseline: {how}; each variant puts back one "
+        "searched field that it changed from the reference config.",
+        "dataset": dataset,
+        "baseline": baseline,
+        "variants": variants,
+        "seeds": seeds,
+    }

@@ -59,6 +59,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {value}")
+    return value
+
+
 def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     from ggt_search.sources import dataset_flags
 
@@ -208,6 +219,10 @@ def cmd_search(args: argparse.Namespace) -> None:
         seed=args.seed,
         workers=args.workers,
         heartbeat=args.heartbeat,
+        seeds_per_trial=args.seeds_per_trial,
+        race_p=args.race_p,
+        confirm_top=args.confirm_top,
+        confirm_seeds=args.confirm_seeds,
     )
     search(settings)
 
@@ -263,8 +278,34 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     )
 
 
+def write_ablation_from_study(args: argparse.Namespace) -> None:
+    """`ablate FILE --from-study NAME`: write FILE, the path from the reference config to the search's answer."""
+    import yaml
+
+    from ggt_search.ablate import ablation_from_study
+    from ggt_search.config import RunConfig
+    from ggt_search.files import write_text
+
+    reference = RunConfig.load(args.reference) if args.reference else RunConfig()
+    values = ablation_from_study(args.from_study, args.storage, reference, args.seeds or "0-4")
+    text = yaml.safe_dump(values, sort_keys=False)
+    if args.file.exists() and args.file.read_text() != text:
+        raise UserError(f"{args.file} exists and holds another ablation; pass another file name, or delete it")
+    write_text(args.file, text)
+    print(f"written: {args.file} ({len(values['variants'])} variants: {', '.join(values['variants'])})")
+    if not args.run:
+        print(f"run it: ggt-search ablate {args.file} --storage {args.storage}")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
     from ggt_search.ablate import SUITES, AblationSettings, load_ablation, run_ablation
+
+    if args.from_study:
+        write_ablation_from_study(args)
+        if not args.run:
+            return
+    elif args.run or args.reference:
+        raise UserError("--run and --reference go with --from-study; without it, the file is run as it is")
 
     dataset = dataset_overrides(args) or None
     if args.suite and dataset and "name" in dataset:
@@ -361,7 +402,10 @@ def add_evaluate_command(commands) -> None:
     )
     add_worker_flags(evaluate, "seeds trained", heartbeat=False)
     evaluate.add_argument(
-        "--from-study", metavar="STUDY", help="start from the best trial's config of this search study (in --storage)"
+        "--from-study",
+        metavar="STUDY",
+        help="start from this search study's answer (in --storage): its confirmed winner (search --confirm-top), "
+        "else its best trial",
     )
     evaluate.add_argument(
         "--storage", help="storage of --from-study (default: search's default, sqlite:///ggt-search.db)"
@@ -397,6 +441,35 @@ def add_search_command(commands) -> None:
         help="default: median (none with --sampler controlled, whose groups train to the end)",
     )
     search.add_argument("--seed", type=at_least(0), default=0, help="seeds the sampler and every trial's training")
+    search.add_argument(
+        "--seeds-per-trial",
+        type=at_least(1),
+        default=1,
+        metavar="K",
+        help="train each trial on seeds SEED..SEED+K-1; its value is their mean validation score (default 1)",
+    )
+    search.add_argument(
+        "--race-p",
+        type=probability,
+        default=0.1,
+        help="with --seeds-per-trial: after each seed, stop a trial that a one-sided Wilcoxon test on the shared "
+        "seeds finds worse than the best trial at this p (default 0.1: possible from the 4th seed; 0: no race)",
+    )
+    search.add_argument(
+        "--confirm-top",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="once the trials are done, retrain the N best on fresh seeds (validation only); the best mean is the "
+        "confirmed winner that evaluate --from-study takes (default 0: no confirmation)",
+    )
+    search.add_argument(
+        "--confirm-seeds",
+        type=at_least(2),
+        default=5,
+        metavar="M",
+        help="fresh seeds per confirmed trial (default 5)",
+    )
     add_worker_flags(search, "trials trained")
     add_storage_flags(search)
     add_config_flags(search, skip=("seed",))
@@ -449,7 +522,24 @@ def add_dashboard_command(commands) -> None:
 
 def add_ablate_command(commands) -> None:
     ablate = commands.add_parser("ablate", help="run a multi-seed ablation (ablations/*.yaml) as an Optuna study")
-    ablate.add_argument("file", type=Path, help="ablation definition, e.g. ablations/convolution.yaml")
+    ablate.add_argument(
+        "file",
+        type=Path,
+        help="ablation definition, e.g. ablations/convolution.yaml (with --from-study: the file written)",
+    )
+    ablate.add_argument(
+        "--from-study",
+        metavar="SEARCH",
+        help="write FILE: an ablation whose baseline is this search study's answer (its confirmed winner, else its "
+        "best trial) and whose variants each put back one searched field it changed from the reference config",
+    )
+    ablate.add_argument(
+        "--reference",
+        type=Path,
+        metavar="CONFIG",
+        help="with --from-study: the run config (YAML) to put fields back from (default: the default config)",
+    )
+    ablate.add_argument("--run", action="store_true", help="with --from-study: run the ablation it writes, too")
     ablate.add_argument("--study", help="study name (default: the file's name)")
     ablate.add_argument("--seeds", help="override the file's seeds, e.g. 0-4")
     ablate.add_argument("--epochs", type=at_least(1), help="override the file's epoch budget")

@@ -49,6 +49,7 @@ class TrialRecord:
     predictions: str | None = None  # final evaluations: the artifact id of its valid and test predictions
     weights_bytes: int | None = None  # their size and sha256, written once the stored copy is checked
     weights_sha256: str | None = None
+    seed_scores: dict[str, float] | None = None  # a trial over several seeds: each seed's best validation score
 
     def write(self, trial: optuna.Trial, **values) -> None:
         """Set fields on this record and on the trial, at once (a run killed later keeps them)."""
@@ -75,6 +76,8 @@ class StudyRecord:
     space: dict | None = None  # search: the search space
     sampler: str | None = None  # search
     pruner: str | None = None  # search
+    seeds_per_trial: int | None = None  # search: a trial's value is its mean validation score over this many seeds
+    confirmation: dict | None = None  # search: its confirmation study, top trials, fresh seeds and winner (`confirm`)
     group: str | None = None  # ablation: its name over the studies of all its datasets
     ablation: dict | None = None  # ablation: name, idea, question, baseline config, variants, seeds, effect
 

@@ -48,6 +48,7 @@ def train_trial(
     final: bool,
     prune: bool,
     store: FileSystemArtifactStore | None = None,
+    first_step: int = 0,
 ) -> RunResult:
     """Train `config` as this trial's run, writing its TrialRecord as the run goes.
 
@@ -55,19 +56,26 @@ def train_trial(
     once, with the best-validation weights. Otherwise (a search) test is never read.
     prune: ask the study's pruner after every epoch.
     store: where a final evaluation's predictions go (`store_predictions`).
+    first_step: the steps this trial reported before this run (a trial over several seeds
+    trains them one after another, each seed's epochs after the last one's: a trial reports
+    one step sequence); its epochs and curve go on from there.
     """
-    record = TrialRecord()
-    record.write(trial, config=config.to_dict())  # first: a config that cannot even start is recorded with its failure
+    if first_step:  # a later seed of the trial: its record goes on
+        record = TrialRecord(curve=list(trial.user_attrs.get("curve", [])))
+    else:
+        record = TrialRecord()
+        record.write(trial, config=config.to_dict())  # first: a config that cannot start is recorded with its failure
     trainer = Trainer(config, graphs)
     # What a fine-tuned run started from, by content: a checkpoint rebuilt under the same path is another start.
     started_from = {"init_sha256": file_sha256(Path(config.train.init))} if config.train.init else {}
     record.write(trial, environment=environment(trainer.device) | started_from)
 
     def on_epoch(epoch) -> None:
-        trial.report(epoch.valid_metric, epoch.epoch)
-        record.write(trial, epochs=epoch.epoch, curve=[*record.curve, epoch.valid_metric])
+        step = first_step + epoch.epoch
+        trial.report(epoch.valid_metric, step)
+        record.write(trial, epochs=step, curve=[*record.curve, epoch.valid_metric])
         if prune and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch.epoch}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch.epoch}" + (f" (step {step})" if first_step else ""))
 
     result = trainer.fit(on_epoch=on_epoch, evaluate_test=final, on_start=lambda n: record.write(trial, parameters=n))
     record.write(

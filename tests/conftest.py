@@ -53,6 +53,15 @@ CLI = [sys.executable, "-m", "ggt_search.cli"]
 TINY_FLAGS = ["--device", "cpu", "--layers", "1", "--hidden", "8"]
 
 
+def search_command(study: str, space, dataset, storage: str, trials: int, epochs: int, *flags: str) -> list[str]:
+    """`ggt-search search` (in a child process, see CLI) of `trials` trials of `epochs` epochs on the CPU."""
+    return [
+        *CLI,
+        *("search", "--study", study, "--space", str(space), "--trials", str(trials), "--epochs", str(epochs)),
+        *("--dataset", str(dataset), "--device", "cpu", "--storage", storage, *flags),
+    ]
+
+
 def tiny_config(**model):
     """A small model and two epochs: seconds on a CPU."""
     from ggt_search.config import RunConfig

@@ -17,7 +17,7 @@ from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.space import load_space
 from ggt_search.study import SearchSettings, search
-from tests.conftest import CLI, TINY_FLAGS, age_heartbeats, interruptible
+from tests.conftest import CLI, TINY_FLAGS, age_heartbeats, interruptible, search_command
 
 TINY_SPACE = """
 model.conv: {choices: [gated-gcn, gcn, mlp]}
@@ -169,26 +169,7 @@ def test_search_never_reads_test_labels(tmp_path, bbbp_csv, space, monkeypatch):
 
 def test_killed_worker_trial_is_failed_and_retried(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/killed.db"
-    command = [
-        *CLI,
-        "search",
-        "--study",
-        "k",
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--epochs",
-        "40",
-        "--dataset",
-        str(bbbp_csv),
-        "--device",
-        "cpu",
-        "--storage",
-        storage,
-        "--heartbeat",
-        "30",
-    ]
+    command = search_command("k", space, bbbp_csv, storage, 1, 40, "--heartbeat", "30")
     worker = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"}
     )
@@ -232,26 +213,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path, bbbp_csv, space):
     if not url:
         pytest.skip("GGT_TEST_POSTGRES_URL not set (tests/run.sh starts a server)")
     study_name = f"pg-{os.getpid()}-{time.time_ns()}"
-    command = [
-        *CLI,
-        "search",
-        "--study",
-        study_name,
-        "--space",
-        str(space),
-        "--trials",
-        "6",
-        "--epochs",
-        "3",
-        "--dataset",
-        str(bbbp_csv),
-        "--device",
-        "cpu",
-        "--storage",
-        url,
-        "--artifacts",
-        str(tmp_path / "a"),
-    ]
+    command = search_command(study_name, space, bbbp_csv, url, 6, 3, "--artifacts", str(tmp_path / "a"))
     workers = [
         subprocess.Popen(command + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for i in range(2)
@@ -323,24 +285,7 @@ def test_every_value_of_a_space_is_checked_before_the_study_exists(tmp_path, bbb
 def test_ctrl_c_stops_a_search_with_one_line_and_records_the_trial(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/stopped.db"
     # A trial far longer than any machine's wait for its first epoch: the Ctrl-C always finds it running.
-    command = [
-        *CLI,
-        "search",
-        "--study",
-        "c",
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--epochs",
-        "10000",
-        "--dataset",
-        str(bbbp_csv),
-        "--device",
-        "cpu",
-        "--storage",
-        storage,
-    ]
+    command = search_command("c", space, bbbp_csv, storage, 1, 10000)
     worker = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -455,6 +400,7 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
         "epochs": more | {"base": first["base"].with_overrides(train={"epochs": 3})},
         "space.model.layers.int": more | {"space_file": str(other_space)},
         "sampler": more | {"sampler": "random"},
+        "seeds_per_trial": more | {"seeds_per_trial": 2},
     }
     for field, changed in resumes.items():
         with pytest.raises(UserError, match=rf"study s holds a search with {field} = .*pass --study NEW") as refused:
@@ -507,11 +453,7 @@ def assert_workers_die_with(parent: subprocess.Popen, started) -> None:
 
 def test_search_workers_die_with_their_killed_parent_and_a_rerun_resumes(tmp_path, bbbp_csv, space):
     storage = f"sqlite:///{tmp_path}/orphans.db"
-    command = [
-        *CLI,
-        *("search", "--study", "o", "--space", str(space), "--trials", "2"),
-        *("--epochs", "10", "--pruner", "none", "--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage),
-    ]
+    command = search_command("o", space, bbbp_csv, storage, 2, 10, "--pruner", "none")
     parent = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def training() -> bool:
@@ -599,3 +541,153 @@ def test_a_password_is_masked_in_hints_reports_and_the_study(tmp_path, bbbp_csv,
         assert "s3cret" not in text, where
     assert f"--storage {make_url(url).render_as_string(hide_password=True)}" in shown["the study's command"]
     assert "--storage postgresql+psycopg2://ggt:***@" in shown["output"]
+
+
+def seed_trial(scores: dict[int, float]) -> optuna.trial.FrozenTrial:
+    """A finished trial over several seeds, as `Objective.train_seeds` stores one."""
+    return optuna.trial.create_trial(
+        value=sum(scores.values()) / len(scores), user_attrs={"seed_scores": {str(s): v for s, v in scores.items()}}
+    )
+
+
+def test_the_race_stops_a_trial_worse_on_every_shared_seed_and_keeps_one_that_is_not():
+    from ggt_search.study import race
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(seed_trial({0: 0.80, 1: 0.84, 2: 0.78, 3: 0.82, 4: 0.81}))
+    worse_everywhere = {"0": 0.79, "1": 0.80, "2": 0.70, "3": 0.81}
+    reason = race(study, worse_everywhere, 0.1)
+    assert reason and "raced out after 4 seeds: worse than trial 0 over their 4 shared seeds" in reason
+    assert race(study, dict(list(worse_everywhere.items())[:3]), 0.1) is None  # 3 seeds: p >= 0.125, never < 0.1
+    assert race(study, worse_everywhere, 0.0) is None  # no race
+    mixed = {"0": 0.83, "1": 0.80, "2": 0.79, "3": 0.81}  # better on two seeds, worse on two
+    assert race(study, mixed, 0.1) is None
+    minimising = optuna.create_study(direction="minimize")  # a regression's RMSE: lower is better
+    minimising.add_trial(seed_trial({0: 1.0, 1: 1.1, 2: 0.9, 3: 1.2}))
+    assert race(minimising, {"0": 1.3, "1": 1.2, "2": 1.0, "3": 1.5}, 0.1)
+    assert race(minimising, {"0": 0.8, "1": 1.0, "2": 0.8, "3": 1.1}, 0.1) is None
+
+
+def test_expected_best_of_n_trials_is_the_mean_best_of_every_draw():
+    """Dodge et al.'s closed form against the direct computation: the best of n draws, averaged over all N^n."""
+    import itertools
+
+    import numpy as np
+
+    from ggt_search.report.statistics import expected_maximum, expected_maximum_band
+
+    values = np.array([0.71, 0.74, 0.74, 0.69, 0.78])
+    for higher, best in ((True, max), (False, min)):
+        direct = [np.mean([best(draw) for draw in itertools.product(values, repeat=n)]) for n in range(1, 6)]
+        np.testing.assert_allclose(expected_maximum(values, higher), direct, rtol=0, atol=1e-12)
+        low, high = expected_maximum_band(values, higher, resamples=200)
+        assert np.all(low <= expected_maximum(values, higher) + 1e-12) and np.all(
+            expected_maximum(values, higher) <= high + 1e-12
+        )
+    assert expected_maximum(values)[0] == pytest.approx(values.mean()) and expected_maximum(values)[-1] < values.max()
+
+
+def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_csv, space, capsys, monkeypatch):
+    """search --seeds-per-trial 2 --confirm-top 2 from the CLI: per-seed scores on each trial, one step sequence,
+    a confirmation that never reads test and resumes, evaluate and ablate --from-study on its winner, the report."""
+    from ggt_search.record import StudyRecord
+    from ggt_search.report import build_report
+    from ggt_search.train import Trainer
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    command = ["search", "--study", "s", "--space", str(space), "--trials", "4", "--epochs", "2", "--pruner", "none"]
+    command += ["--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--seeds-per-trial", "2"]
+    command += ["--seed", "3", "--confirm-seeds", "2"]
+    never_test = pytest.MonkeyPatch()
+    for method in ("evaluate", "predictions"):
+        original = getattr(Trainer, method)
+        never_test.setattr(
+            Trainer,
+            method,
+            lambda self, model, split, original=original: (
+                pytest.fail("test read") if split == "test" else original(self, model, split)
+            ),
+        )
+    assert cli.main([*command, "--confirm-top", "2"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="s", storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(study.trials) == 4 and done
+    for trial in done:
+        scores = trial.user_attrs["seed_scores"]
+        assert set(scores) == {"3", "4"} and trial.value == pytest.approx(sum(scores.values()) / 2)
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # seed 4's epochs after seed 3's
+        assert trial.user_attrs["config"]["train"]["seed"] == 3 and len(trial.user_attrs["curve"]) == 4
+        for seed, first in (("3", 1), ("4", 3)):  # each seed's score is its best epoch
+            assert scores[seed] == max(trial.intermediate_values[first], trial.intermediate_values[first + 1])
+
+    confirmation = StudyRecord.of(study).confirmation
+    top = sorted(done, key=lambda t: t.value, reverse=True)[:2]
+    assert confirmation["seeds"] == [5, 6]  # fresh: no trial trained them
+    assert [row["trial"] for row in confirmation["trials"]] == [t.number for t in top]
+    runs = optuna.load_study(study_name="s--confirm", storage=storage).trials
+    assert len(runs) == 4 and all(r.state == TrialState.COMPLETE for r in runs)
+    assert {(r.user_attrs["confirms"], r.user_attrs["config"]["train"]["seed"]) for r in runs} == {
+        (t.number, seed) for t in top for seed in (5, 6)
+    }
+    means = {row["trial"]: row["mean"] for row in confirmation["trials"]}
+    assert confirmation["winner"] == max(means, key=means.get) and confirmation["runner_up"] != confirmation["winner"]
+    for row in confirmation["trials"]:
+        assert f"trial {row['trial']}: search {row['search']:.4f}, confirmed {row['mean']:.4f}" in out
+    assert f"winner: trial {confirmation['winner']}; against the runner-up" in out
+
+    assert (
+        cli.main([*command, "--confirm-top", "2"]) == 0
+    )  # the same again: the confirmation is stored, nothing is retrained
+    assert "0 runs to do" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name="s--confirm", storage=storage).trials) == 4
+    never_test.undo()
+    third = sorted(done, key=lambda t: t.value, reverse=True)[2]
+    assert cli.main([*command, "--confirm-top", "3", "--workers", "2"]) == 0  # a wider one, in two workers
+    runs = optuna.load_study(study_name="s--confirm", storage=storage).trials
+    assert len(runs) == 6 and all(r.state == TrialState.COMPLETE for r in runs)  # each run trained once
+    assert {(r.user_attrs["confirms"], r.user_attrs["seed"]) for r in runs[4:]} == {
+        (third.number, 5),
+        (third.number, 6),
+    }
+    confirmation = StudyRecord.of(optuna.load_study(study_name="s", storage=storage)).confirmation
+    assert len(confirmation["trials"]) == 3
+
+    winner = study.trials[confirmation["winner"]]
+    final = tmp_path / "final"
+    evaluate = ["evaluate", "--from-study", "s", "--storage", storage, "--epochs", "1", "--seeds", "0", "--out"]
+    assert cli.main([*evaluate, str(final)]) == 0
+    assert f"from study s: the confirmed winner, trial {winner.number}" in capsys.readouterr().out
+    assert json.loads((final / "summary.json").read_text())["config"]["model"] == winner.user_attrs["config"]["model"]
+
+    build_report(["s"], storage, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "The winner's curse" in md and f"Confirmed winner: trial {winner.number}" in md
+    assert (
+        "Expected best validation score against the number of trials" in md and "Spread over each trial's seeds" in md
+    )
+    configurations = md.split("### Best configurations")[1].split("###")[0]
+    assert "nan" not in configurations and "sha256 ?" not in md
+
+    path = tmp_path / "path.yaml"
+    assert cli.main(["ablate", str(path), "--from-study", "s", "--storage", storage, "--seeds", "0-1"]) == 0
+    assert "run it: ggt-search ablate" in capsys.readouterr().out
+    from ggt_search.ablate import load_ablation
+
+    ablation = load_ablation(path)
+    won, default = RunConfig.from_dict(winner.user_attrs["config"]).to_dict(), RunConfig().to_dict()
+    assert ablation.base.model == RunConfig.from_dict(winner.user_attrs["config"]).model and ablation.seeds == [0, 1]
+    searched = {
+        key
+        for key in load_space(space)
+        if won[key.split(".")[0]][key.split(".")[1]] != default[key.split(".")[0]][key.split(".")[1]]
+    }
+    assert {name.split("=")[0] for name in ablation.variants} == searched  # every searched field the winner changed
+    for change in ablation.variants.values():  # one field each, put back to the default
+        [(section, fields)] = change.items()
+        [(name, value)] = fields.items()
+        assert value == default[section][name] != won[section][name]
+    assert cli.main(["ablate", str(path), "--from-study", "s", "--storage", storage, "--seeds", "0-2"]) == 2
+    assert "holds another ablation" in capsys.readouterr().err
+    assert cli.main(["ablate", str(path), "--run"]) == 2
+    assert "--run and --reference go with --from-study" in capsys.readouterr().err

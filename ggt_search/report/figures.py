@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ggt_search.report.statistics import t_interval
 
@@ -120,4 +121,17 @@ def design_ranks_figure(ranks: pd.DataFrame, wrap: int = 3, size: float = 2.8) -
     for ax in axes[len(dimensions) :]:
         ax.remove()
     fig.tight_layout()
+    return fig
+
+
+def expected_best_figure(curve: pd.DataFrame) -> Figure:
+    """The expected best validation score over n trials, with its bootstrap band."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    ax.fill_between(curve["trials"], curve["band low"], curve["band high"], color="C0", alpha=0.25, label="95% band")
+    ax.plot(curve["trials"], curve["expected best"], color="C0", label="expected best")
+    ax.legend(loc="lower right")
+    ax.set_xlabel("trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a number of trials is whole
+    ax.set_ylabel("validation metric")
     return fig

@@ -1,9 +1,11 @@
-"""A search study's sections of a report: the optimisation history, parameter importances with their
-spread, the best configurations, and a GraphGym-style rank analysis. A search chooses configs by
-validation score, so its sections show validation scores alone, never test."""
+"""A search study's sections of a report: the optimisation history, the expected best score against
+the number of trials, parameter importances with their spread, the best configurations with their
+per-seed spread, the winner's curse of a confirmed search, and a GraphGym-style rank analysis. A
+search chooses configs by validation score, so its sections show validation scores alone, never test."""
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -12,6 +14,7 @@ from ggt_search.errors import UserError
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.report import figures
 from ggt_search.report.page import Page
+from ggt_search.report.statistics import expected_maximum, expected_maximum_band
 
 
 def search_sections(page: Page, study: optuna.Study) -> None:
@@ -29,11 +32,10 @@ def search_sections(page: Page, study: optuna.Study) -> None:
     )
     environments = [TrialRecord.of(t).environment or {} for t in trials]
     hardware = sorted({f"{e.get('hardware', '?')} ({e.get('device', '?')})" for e in environments})
-    dataset = record.summary or record.dataset or {"name": "?"}  # a search written before StudyRecord has no summary
     page.text(
-        f"Dataset {dataset['name']}; {record.epochs or '?'} epochs per trial at most; sampler "
-        f"{record.sampler or '?'}, pruner {record.pruner or '?'}; hardware: {', '.join(hardware)}. "
-        f"Command: {record.command or 'not recorded'}"
+        f"Dataset {dataset_line(record)}; {record.epochs or 'an unrecorded number of'} epochs per trial at most"
+        f"{seeds_line(record)}; sampler {record.sampler or 'not recorded'}, pruner {record.pruner or 'not recorded'}; "
+        f"hardware: {', '.join(hardware)}. Command: {record.command or 'not recorded'}"
     )
 
     history = pd.DataFrame({"trial": [t.number for t in trials], "value": [t.value for t in trials]})
@@ -44,6 +46,8 @@ def search_sections(page: Page, study: optuna.Study) -> None:
         f"history-{name}",
         "Validation metric of each completed trial, and the best so far",
     )
+
+    expected_best_section(page, trials, higher, name)
 
     page.heading("Parameter importances (fANOVA)", 3)
     if len(trials) >= 4:
@@ -76,14 +80,18 @@ def search_sections(page: Page, study: optuna.Study) -> None:
 
     page.heading("Best configurations", 3)
     best = sorted(trials, key=lambda t: t.value, reverse=higher)[:5]
-    page.table(
-        pd.DataFrame(
-            [
-                {"trial": t.number, "valid": t.value, "parameters": TrialRecord.of(t).parameters, **t.params}
-                for t in best
-            ]
-        )
+    page.text("A parameter shown as - was not sampled for that trial (its `when:` condition did not hold).")
+    names = parameter_names(best)
+    configurations = pd.DataFrame(
+        [
+            {"trial": t.number, "valid": t.value, "parameters": TrialRecord.of(t).parameters}
+            | {key: shown(t.params[key]) if key in t.params else "-" for key in names}
+            for t in best
+        ]
     )
+    page.table(configurations, [".0f", ".4f", ".0f"] + ["g"] * len(names))  # a sampled value as `shown` wrote it
+    seed_spread_section(page, best)
+    winners_curse_section(page, record.confirmation)
 
     page.heading("Design-space ranks (GraphGym-style)", 3)
     ranks = design_ranks(trials, higher)
@@ -168,3 +176,143 @@ def design_ranks(trials, higher: bool) -> pd.DataFrame:
         for choice, rank in values.rank(ascending=not higher, method="average").items()
     ]
     return pd.DataFrame(rows, columns=["dimension", "group", "choice", "rank"])
+
+
+def shown(value) -> str:
+    """A sampled value as the space file writes it: true/false, an integer, a float to 4 significant digits."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def parameter_names(trials) -> list[str]:
+    """Every parameter any of the trials sampled, in the order they were first sampled."""
+    return list(dict.fromkeys(key for t in trials for key in t.params))
+
+
+def dataset_line(record: StudyRecord) -> str:
+    """The dataset's name, split sizes and source checksum, as far as the study recorded them."""
+    dataset = record.summary or record.dataset
+    if dataset is None:
+        return "not recorded"
+    split = dataset.get("split")
+    sizes = ", ".join(f"{k} {v}" for k, v in split.items()) if isinstance(split, dict) else split
+    checksum = f"sha256 {record.checksum[:12]}" if record.checksum else "no source checksum recorded"
+    return f"{dataset['name']} ({sizes}; {checksum})" if sizes else f"{dataset['name']} ({checksum})"
+
+
+def seeds_line(record: StudyRecord) -> str:
+    per_trial = record.seeds_per_trial or 1
+    return "" if per_trial == 1 else f", {per_trial} seeds per trial (a trial's value: their mean)"
+
+
+EXPECTED_AT = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+def expected_best_section(page: Page, trials, higher: bool, name: str) -> None:
+    """Dodge et al. 2019: the expected best validation score of n trials drawn from the completed ones."""
+    page.heading("Expected best validation score against the number of trials", 3)
+    values = np.array([t.value for t in trials])
+    curve = pd.DataFrame({"trials": np.arange(1, len(values) + 1), "expected best": expected_maximum(values, higher)})
+    curve["band low"], curve["band high"] = expected_maximum_band(values, higher)
+    page.text(
+        f"The expected best of n trials drawn at random from the {len(values)} completed ones (Dodge et al. 2019, "
+        '"Show your work"), with a 95% bootstrap band over resamples of the trials. A curve still rising at the '
+        "right says more trials would likely pay; a flat one, that they would not. Pruned trials have no final "
+        "score and are left out, so the curve is that of trials good enough to finish."
+    )
+    shown_at = [n for n in EXPECTED_AT if n < len(values)] + [len(values)]
+    page.table(curve[curve["trials"].isin(shown_at)], number_formats(curve))
+    page.figure(
+        figures.expected_best_figure(curve),
+        f"expected-best-{name}",
+        "Expected best validation score of n trials, with a 95% bootstrap band",
+    )
+
+
+def seed_spread_section(page: Page, best) -> None:
+    """The best trials' spread over their seeds, beside their gaps to the best trial."""
+    scored = [(t, list((TrialRecord.of(t).seed_scores or {}).values())) for t in best]
+    scored = [(t, s) for t, s in scored if len(s) > 1]
+    if not scored:
+        page.text(
+            "Each trial trained one seed, so the table cannot say how much of the gaps between the trials is seed "
+            "noise: `--seeds-per-trial K` trains each on K seeds, `--confirm-top N` retrains the best on fresh ones."
+        )
+        return
+    page.text(
+        "Spread over each trial's seeds (standard deviation, n-1), beside its gap to the best trial's mean: a gap "
+        "smaller than the spread is within seed noise."
+    )
+    top = best[0].value
+    spread = pd.DataFrame(
+        [
+            {
+                "trial": t.number,
+                "seeds": len(s),
+                "mean": float(np.mean(s)),
+                "std": float(np.std(s, ddof=1)),
+                "min": min(s),
+                "max": max(s),
+                "gap to best": t.value - top,
+            }
+            for t, s in scored
+        ]
+    )
+    page.table(spread, number_formats(spread))
+
+
+def winners_curse_section(page: Page, confirmation: dict | None) -> None:
+    """Each confirmed trial's search value against its mean on fresh seeds, and the winner."""
+    if not confirmation:
+        return
+    seeds = confirmation["seeds"]
+    page.heading("The winner's curse: search value against confirmed value", 3)
+    rows = []
+    for row in confirmation["trials"]:
+        scores = list(row["scores"].values())
+        sd = float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan")
+        rows.append(
+            {
+                "trial": row["trial"],
+                "search": row["search"],
+                "confirmed mean": row["mean"] if scores else float("nan"),
+                "std": sd,
+                "seeds": len(scores),
+                "confirmed - search": (row["mean"] - row["search"]) if scores else float("nan"),
+                "in stds": (row["mean"] - row["search"]) / sd if len(scores) > 1 and sd > 0 else float("nan"),
+            }
+        )
+    page.text(
+        f"The {len(rows)} best trials of the search, retrained on {len(seeds)} fresh seeds ({seeds[0]}-{seeds[-1]}; "
+        "validation only, test is not read). The best of many noisy scores is biased upward: the search value of "
+        "the top trials overstates what they score on other seeds, by the 'confirmed - search' column."
+    )
+    table = pd.DataFrame(rows)
+    page.table(table, number_formats(table))
+    winner = confirmation.get("winner")
+    if winner is None:
+        page.text("No trial is confirmed on every seed yet: rerun the search command to finish the confirmation.")
+        return
+    sentence = f"Confirmed winner: trial {winner}, the best mean over the fresh seeds"
+    comparison = confirmation.get("comparison")
+    if comparison:
+        runner_up = confirmation["runner_up"]
+        sentence += (
+            f"; against the runner-up, trial {runner_up}, its mean paired difference is "
+            f"{comparison['mean_diff']:+.4f} "
+            + (
+                f"(95% t-interval {comparison['ci_low']:+.4f} to {comparison['ci_high']:+.4f}, paired t-test "
+                f"p = {comparison['p_t']:.3f}, over {comparison['n']} seeds)"
+                if comparison["testable"]
+                else f"({comparison['why']})"
+            )
+        )
+    page.text(sentence + ". `ggt-search evaluate --from-study` trains this one.")
+
+
+def number_formats(frame: pd.DataFrame) -> list[str]:
+    """Per column: integers as integers (a trial number, a count), other numbers to 4 decimals."""
+    return [".0f" if pd.api.types.is_integer_dtype(frame[c]) else ".4f" for c in frame.columns]

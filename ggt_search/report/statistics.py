@@ -91,3 +91,29 @@ def paired_comparison(variant: np.ndarray, baseline: np.ndarray, family: int = 1
     if effect is not None:
         row["seeds_for_effect"] = seeds_needed(effect, sd, ALPHA / family)
     return row
+
+
+def expected_maximum(values: np.ndarray, higher: bool = True) -> np.ndarray:
+    """Dodge et al. 2019 ("Show your work"): the expected best of n draws (with replacement) from
+    `values`, for n = 1..len(values). With v(1) <= ... <= v(N), the best of n draws is v(i) with
+    probability (i/N)^n - ((i-1)/N)^n. `higher` False: the expected lowest."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if not higher:
+        ordered = -ordered[::-1]
+    total = len(ordered)
+    n = np.arange(1, total + 1)[:, None]
+    share = np.arange(1, total + 1)[None, :] / total
+    curve = (share**n - (share - 1 / total) ** n) @ ordered
+    return curve if higher else -curve
+
+
+def expected_maximum_band(
+    values: np.ndarray, higher: bool = True, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A percentile bootstrap band of `expected_maximum`: the curve of each resample of the values
+    (with replacement, the same size), and the (1 - level) / 2 and (1 + level) / 2 quantiles per n."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    curves = np.array([expected_maximum(rng.choice(values, len(values)), higher) for _ in range(resamples)])
+    low, high = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return low, high
