@@ -193,15 +193,16 @@ def ablation_families(named: dict[str, list[AblationRuns]], unnamed: dict[str, l
         note = f"Family: the {comparisons} comparisons of {' and '.join(members)}; control: {control}."
         if sharing:
             note += (
-                f" Not in this family: {', '.join(sharing)}, in the same storage, shares this control; "
+                f" Not in this family: {', '.join(sharing)}, in this report's storages, shares this control; "
                 f"`ggt-search report {' '.join([*members, *sharing])}` analyses them as one family."
             )
         elif len(families) > 1:
             note += " The other ablations of this report have controls of their own and are families of their own."
         else:
             note += (
-                " No other ablation in this storage shares it; one in another storage would not be in this family "
-                "(`ggt-search report A B --storage X --storage Y` reports them together, one family if they share it)."
+                " No other ablation in the storages of this report shares it; one elsewhere would not be in this "
+                "family (`ggt-search report A B --storage X --storage Y` reports them together, one family if they "
+                "share it)."
             )
         out.append(([named[n] for n in members], note))
     return out
@@ -603,7 +604,10 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
     )
     if comparison.empty:
         return
-    page.heading(f"{d.dataset}: paired differences to the baseline (test, matching seeds)", 3)
+    cells = "(split seed, seed) cells" if d.info.get("split_seeds") else "seeds"
+    page.heading(
+        f"{d.dataset}: paired differences to the baseline (test, up to {comparison.n.max()} paired {cells})", 3
+    )
     columns = [
         "variant",
         "n",
@@ -622,14 +626,8 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
     if comparison["effect"].notna().any():
         columns.append("seeds_for_effect")
     page.table(comparison.reindex(columns=columns))
-    for r in comparison.to_dict("records"):
-        if not r["testable"]:
-            page.text(f"{r['variant']} vs baseline: not testable ({r['why']})")
-        elif r["widest"] is not None and r["detectable"] > r["widest"]:  # e.g. ±3.6 ROC-AUC: no real effect could show
-            page.text(
-                f"{r['variant']} vs baseline: with this spread, {r['n']} seeds cannot detect even the largest "
-                f"difference the metric allows (±{r['widest']:g}): this comparison needs more seeds."
-            )
+    for note in filter(None, map(design_note, comparison.to_dict("records"))):
+        page.text(note)
     page.text(f"Convergence and compute ({d.dataset}, epoch budget {int(d.runs.budget.max())}):")
     page.table(
         comparison.reindex(columns=["variant", "late_share", "seconds_per_epoch", "seconds_ratio"]).rename(
@@ -660,6 +658,19 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
         f"curves-{slug}",
         f"Validation {metric} per epoch: mean over seeds with its 95% t-interval",
     )
+
+
+def design_note(row: dict) -> str | None:
+    """What a comparison's design cannot do, where it matters: no test at all, or no detectable effect
+    within the metric's range (e.g. ±3.6 ROC-AUC at two seeds: no real effect could show)."""
+    if not row["testable"]:
+        return f"{row['variant']} vs baseline: not testable ({row['why']})"
+    if row["widest"] is not None and row["detectable"] > row["widest"]:
+        return (
+            f"{row['variant']} vs baseline: with this spread, {row['n']} seeds cannot detect even the largest "
+            f"difference the metric allows (±{row['widest']:g}): this comparison needs more seeds."
+        )
+    return None
 
 
 def rank_section(page: Page, datasets: list[AblationRuns]) -> None:

@@ -57,9 +57,19 @@ VERDICT_COLOURS = {
 }
 
 
+def within_view(ends: pd.DataFrame) -> pd.DataFrame:
+    """Interval ends with an infinite one (at 2 seeds half the sign patterns have no spread) drawn to just
+    past the finite ends: an axis has no infinity."""
+    finite = ends.to_numpy()[np.isfinite(ends.to_numpy())]
+    low, high = (finite.min(), finite.max()) if len(finite) else (-1.0, 1.0)
+    pad = 0.1 * (high - low or 1.0)
+    return ends.clip(low - pad, high + pad)
+
+
 def differences_figure(comparison: pd.DataFrame, metric: str) -> Figure:
     """Each testable paired difference: its mean, 95% CI (thick) and simultaneous interval (thin)."""
-    rows = comparison[comparison.testable]
+    rows = comparison[comparison.testable].copy()
+    rows[["sim_low", "sim_high"]] = within_view(rows[["sim_low", "sim_high"]])
     fig = Figure(figsize=(7, 0.8 + 0.5 * max(len(rows), 1)))
     ax = fig.subplots()
     for y, r in enumerate(rows.to_dict("records")):
@@ -87,6 +97,9 @@ def forest_figure(
             ax.set_title("pooled: d (+ better)", fontsize=9)
         else:
             rows = comparison[(comparison.dataset == panel) & comparison.testable].set_index("variant")
+            rows[["sim_low", "sim_high"]] = within_view(rows[["mean_diff", "sim_low", "sim_high"]])[
+                ["sim_low", "sim_high"]
+            ]
             sign = np.where(rows.higher, 1, -1)  # errors (RMSE) flipped so that + is better everywhere
             points = {
                 v: (s * r.mean_diff, *sorted((s * r.sim_low, s * r.sim_high)), r.verdict)
