@@ -38,6 +38,7 @@ from ggt_search.report.statistics import (
     tost_p,
 )
 
+SIMULTANEOUS = ("p_tost", "d_z", "d_z_var", "sim_low", "sim_high", "p_maxt", "p_equivalent", "critical")
 LATE = 0.1  # a run "peaks late" when its best epoch is in this last share of its epoch budget
 STILL_IMPROVING = 0.25  # the share of late peaks above which a comparison is flagged as not converged
 MARKS = {"helps": "▲", "hurts": "▼", "equivalent": "=", "inconclusive": "?", "suspect": "!", "not testable": "–"}
@@ -252,6 +253,8 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     level = dataset_level(ALPHA, len(datasets))
     frames = []
     for d in datasets:
+        if len(d.order) == 1:  # no variant has finished a run yet
+            continue
         by_cell = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
         base = by_cell[BASELINE]
         margin = d.info.get("effect") or default_margin(d.metric, float(base["test"].mean()))
@@ -292,6 +295,7 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
                 differences[variant] = diff
             rows.append(row)
         frame = pd.DataFrame(rows)
+        frame = frame.reindex(columns=[*frame.columns, *(c for c in SIMULTANEOUS if c not in frame)])  # none testable
         frame["level"] = level
         if differences:  # cells x comparisons, NaN where a variant lacks a baseline's seed
             simultaneous = max_t(pd.DataFrame(differences).to_numpy(), level)

@@ -77,7 +77,7 @@ def max_t(differences: np.ndarray, level: float) -> MaxT:
     flipped_var = ((residual**2).sum(0) - n * flipped_mean**2) / (n - 1)  # a flip keeps each squared residual
     with np.errstate(divide="ignore", invalid="ignore"):  # at 2 seeds half the flips have no spread: t = inf
         flipped_t = np.abs(flipped_mean) / np.sqrt(np.clip(flipped_var, 0, None) / n)
-    null = np.sort(np.nan_to_num(flipped_t, nan=0.0).max(1))
+    null = np.sort(np.nan_to_num(flipped_t, nan=0.0, posinf=np.inf).max(1))
     allowed = int(np.floor(level * len(null) + 1e-9))  # patterns that may reach the statistic of a rejection
     return MaxT(mean, se, n, float(null[len(null) - allowed - 1]), null)
 
