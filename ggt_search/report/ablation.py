@@ -26,6 +26,8 @@ from ggt_search.report import figures
 from ggt_search.report.page import Page
 from ggt_search.report.statistics import (
     ALPHA,
+    EXACT_FLIPS,
+    FLIP_DRAWS,
     SUSPECT_MADS,
     dataset_level,
     default_margin,
@@ -502,7 +504,9 @@ def how_to_read_section(
     page.heading("How to read the verdicts", 3)
     level = comparison["level"].iloc[0]
     cells = max(len(set(d.runs.cell)) for d in datasets)
-    flips = "every one of the 2^n sign patterns" if cells <= 12 else "20,000 random sign patterns (fixed generator)"
+    flips = (
+        f"all 2^{cells} sign patterns" if cells <= EXACT_FLIPS else f"{FLIP_DRAWS:,} random sign patterns (fixed seed)"
+    )
     page.text(
         f"Simultaneous intervals: Westfall and Young's sign-flip max-t (single step). On each dataset every "
         f"variant is compared with the same baseline runs (Dunnett's many-to-one setting), so the comparisons are "

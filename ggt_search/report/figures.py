@@ -88,7 +88,7 @@ def forest_figure(
     """One panel per dataset (its own units) and one pooled (d), a row per idea: the effect and its interval,
     coloured by verdict, over the grey ±margin band and the line of no effect. + is better in every panel."""
     panels = [*datasets, "pooled"] if pooled is not None else datasets
-    fig = Figure(figsize=(2.9 * len(panels) + 1.2, 0.6 + 0.15 * len(ideas)))
+    fig = Figure(figsize=(2.9 * len(panels) + 1.2, max(1.8, 0.8 + 0.145 * len(ideas))))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         if panel == "pooled":
@@ -117,7 +117,7 @@ def forest_figure(
         ax.axvline(0, color="0.2", lw=0.8)
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(range(len(ideas)), ideas)
-    axes[0].invert_yaxis()
+    axes[0].set_ylim(len(ideas) - 0.5, -0.5)  # the first idea on top, as in the table
     handles = [Line2D([], [], color=c, lw=2, label=f"{marks[v]} {v}") for v, c in VERDICT_COLOURS.items()]
     fig.legend(
         handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1)
