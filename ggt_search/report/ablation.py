@@ -166,7 +166,8 @@ def control_difference(a: list[AblationRuns], b: list[AblationRuns]) -> str | No
         for cell in here.index:
             one, other = here.loc[cell], there.loc[cell]
             same_config = config_difference(RunConfig.from_dict(one.config), RunConfig.from_dict(other.config)) is None
-            if not (same_config and one.code == other.code and (one.valid, one.test) == (other.valid, other.test)):
+            same_code = one.code == other.code or (pd.isna(one.code) and pd.isna(other.code))  # both unrecorded
+            if not (same_config and same_code and (one.valid, one.test) == (other.valid, other.test)):
                 return f"their {x.dataset} baseline runs of seed {cell} differ"
     return None
 
@@ -414,6 +415,10 @@ def code_section(page: Page, datasets: list[AblationRuns]) -> None:
     page.heading("Code of the compared runs", 3)
     flagged = False
     for d in datasets:
+        if d.runs["code"].isna().all():  # runs from before runs recorded it: one line, not one per comparison
+            page.text(f"{d.dataset}: code not recorded for any of its {len(d.runs)} runs.")
+            flagged = True
+            continue
         for variant in d.order[1:]:
             runs = d.runs[d.runs.variant.isin([BASELINE, variant])]
             where = f"{variant} vs baseline{f' on {d.dataset}' if len(datasets) > 1 else ''}"
