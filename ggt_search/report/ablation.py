@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key
+from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key, same_code
 from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
 from ggt_search.metrics import TRIVIAL, WIDEST_DIFFERENCE
@@ -116,7 +116,7 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                 "cell": seed if key.split_seed is None else f"split {key.split_seed} seed {seed}",
                 "split_seed": key.split_seed,
                 "lr": key.lr,
-                "code": (record.environment or {}).get("code_sha256"),
+                "code": same_code(study, code) if (code := (record.environment or {}).get("code_sha256")) else None,
                 "valid": t.value,
                 "test": record.test,
                 "parameters": record.parameters,
@@ -166,8 +166,8 @@ def control_difference(a: list[AblationRuns], b: list[AblationRuns]) -> str | No
         for cell in here.index:
             one, other = here.loc[cell], there.loc[cell]
             same_config = config_difference(RunConfig.from_dict(one.config), RunConfig.from_dict(other.config)) is None
-            same_code = one.code == other.code or (pd.isna(one.code) and pd.isna(other.code))  # both unrecorded
-            if not (same_config and same_code and (one.valid, one.test) == (other.valid, other.test)):
+            code_matches = one.code == other.code or (pd.isna(one.code) and pd.isna(other.code))  # both unrecorded
+            if not (same_config and code_matches and (one.valid, one.test) == (other.valid, other.test)):
                 return f"their {x.dataset} baseline runs of seed {cell} differ"
     return None
 
