@@ -326,11 +326,11 @@ def verdict(row: dict) -> str:
     return "equivalent" if row["p_equivalent"] <= row["level"] else "inconclusive"
 
 
-def pool(comparison: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+def pool(comparison: pd.DataFrame, ideas: list[str]) -> pd.DataFrame:
     """One verdict per idea across datasets: DerSimonian-Laird over the datasets' standardised paired
     effects (d_z, + is better), Holm over the ideas."""
     rows = []
-    for variant in order[1:]:
+    for variant in ideas:
         own = comparison[(comparison.variant == variant) & comparison.testable]
         if own.empty:
             rows.append({"variant": variant, "datasets": 0})
@@ -364,7 +364,7 @@ def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note:
     names = [StudyRecord.of(group[0].study).group or group[0].study.study_name for group in groups]
     page.heading(f"Ablation: {info['idea']} ({', '.join(names)})")
     comparison = compare(datasets)
-    pooled = pool(comparison, datasets[0].order) if len(datasets) > 1 else None
+    pooled = pool(comparison, ideas(datasets)) if len(datasets) > 1 else None
     verdict_table_section(page, datasets, comparison, pooled)
     if info.get("question"):
         page.text(info["question"])
@@ -473,7 +473,7 @@ def verdict_table_section(
         f"† still improving at the end. Pooled: standardised effect d (+ better) [95%], I². "
         "Below: how to read it."
     )
-    table = pd.DataFrame({"idea": datasets[0].order[1:]})
+    table = pd.DataFrame({"idea": ideas(datasets)})
     for d in datasets:
         own = comparison[comparison.dataset == d.dataset].set_index("variant")
         unit = f"{d.dataset} {d.metric} {'↑' if d.higher else '↓'}"
@@ -482,11 +482,16 @@ def verdict_table_section(
         table["pooled d"] = [pooled_cell(r) for r in pooled.to_dict("records")]
     page.table(table)
     page.figure(
-        figures.forest_figure(comparison, pooled, [d.dataset for d in datasets], datasets[0].order[1:], MARKS),
+        figures.forest_figure(comparison, pooled, [d.dataset for d in datasets], ideas(datasets), MARKS),
         "verdicts",
         "Each idea's effect per dataset with its simultaneous interval (pooled: d with its 95% interval), "
         "coloured by verdict; the grey band is ±margin",
     )
+
+
+def ideas(datasets: list[AblationRuns]) -> list[str]:
+    """The variants with a finished run on any dataset, in the ablation file's order."""
+    return [v for v in datasets[0].info["variants"] if any(v in d.order for d in datasets)]
 
 
 def verdict_cell(row: pd.Series) -> str:
