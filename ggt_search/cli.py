@@ -338,17 +338,20 @@ def cmd_report(args: argparse.Namespace) -> None:
     from ggt_search.report.page import slug
 
     out = args.out or Path("reports") / slug("-".join(args.studies))  # a study's name is no path
-    print(f"report written: {build_report(args.studies, args.storage, out)} (and report.md)")
+    from ggt_search.config import DEFAULT_STORAGE
+
+    storages = args.storage or [DEFAULT_STORAGE]
+    print(f"report written: {build_report(args.studies, storages, out)} (and report.md)")
 
 
-def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+def add_storage_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
     from ggt_search.config import DEFAULT_STORAGE
 
     parser.add_argument(
         "--storage",
-        default=DEFAULT_STORAGE,
+        **({"action": "append"} if many else {"default": DEFAULT_STORAGE}),
         help="study storage: SQLite file or any SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db "
-        f"(default {DEFAULT_STORAGE})",
+        f"(default {DEFAULT_STORAGE}){'; repeat it to report studies of several storages together' if many else ''}",
     )
     parser.add_argument(
         "--artifacts",
@@ -560,7 +563,7 @@ def add_report_command(commands) -> None:
     report = commands.add_parser("report", help="write an HTML + Markdown report of ablation and search studies")
     report.add_argument("studies", nargs="+", metavar="STUDY")
     report.add_argument("--out", type=Path, help="output folder (default reports/<study names>)")
-    add_storage_flags(report)
+    add_storage_flags(report, many=True)
     report.set_defaults(func=cmd_report)
 
 

@@ -1,6 +1,7 @@
 """`ggt-search report`: a self-contained HTML page and a Markdown file per set of studies.
 
-An ablation (one study per dataset, reported together) gets the sections of `ablation`, a search
+An ablation (one study per dataset, reported together; ablations that share their baseline runs, as one
+family) gets the sections of `ablation`, a search
 study those of `search`; both end with each run's provenance. The numbers come from `statistics`,
 the figures from `figures`, and `page` writes report.md and the index.html made from it. Test
 scores appear only in the ablation sections, which are final evaluations of fixed configs; search
@@ -17,40 +18,58 @@ from optuna.trial import TrialState
 
 from ggt_search.errors import UserError
 from ggt_search.record import StudyRecord, TrialRecord
-from ggt_search.report.ablation import ablation_sections
+from ggt_search.report.ablation import ablation_families, ablation_group, ablation_sections
 from ggt_search.report.figures import report_style
 from ggt_search.report.page import Page
 from ggt_search.report.search import search_sections
 from ggt_search.storage import hide_password, open_storage
 
 
-def build_report(names: list[str], storage: str, out: Path) -> Path:
-    """A report of each named search study or ablation (an ablation on several datasets is one name, its group)."""
-    store = open_storage(storage, must_exist=True)
-    summaries = optuna.get_all_study_summaries(store)
-    groups = {
-        name: [s.study_name for s in summaries if (StudyRecord.of(s).group or s.study_name) == name] for name in names
-    }
-    missing = [name for name, members in groups.items() if not members]
+def build_report(names: list[str], storage: str | list[str], out: Path) -> Path:
+    """A report of each named search study or ablation (an ablation on several datasets is one name, its
+    group), from one storage or several. Ablations that share their baseline runs are one family."""
+    storages = [storage] if isinstance(storage, str) else storage
+    stores = [open_storage(s, must_exist=True) for s in storages]
+    summaries = [optuna.get_all_study_summaries(store) for store in stores]
+    groups = {}  # name -> (its storage, its studies' names)
+    for store, found in zip(stores, summaries):
+        for s in found:
+            group = StudyRecord.of(s).group or s.study_name
+            if group in groups and groups[group][0] is not store:
+                raise UserError(
+                    f"{group} is in more than one of the storages {', '.join(map(hide_password, storages))}"
+                )
+            groups.setdefault(group, (store, []))[1].append(s.study_name)
+    missing = [name for name in names if name not in groups]
     if missing:
-        known = sorted({StudyRecord.of(s).group or s.study_name for s in summaries})
         raise UserError(
-            f"no study named {', '.join(missing)} in {hide_password(storage)}; "
-            f"studies there: {', '.join(known) or 'none'}"
+            f"no study named {', '.join(missing)} in {', '.join(map(hide_password, storages))}; "
+            f"studies there: {', '.join(sorted(groups)) or 'none'}"
         )
     page = Page(out, f"ggt-search report: {', '.join(names)}")
-    studies = []
+    loaded = {
+        name: [optuna.load_study(study_name=n, storage=store) for n in sorted(members)]
+        for name, (store, members) in groups.items()
+    }
+    ablations = [name for name, studies in loaded.items() if StudyRecord.of(studies[0]).kind == "ablation"]
+    named = {name: ablation_group(loaded[name]) for name in names if name in ablations}
+    unnamed = {
+        name: ablation_group(loaded[name]) for name in ablations if name not in names and loaded_runs(loaded[name])
+    }
     with report_style():
-        for members in groups.values():
-            loaded = [optuna.load_study(study_name=n, storage=store) for n in sorted(members)]
-            studies += loaded
-            if StudyRecord.of(loaded[0]).kind == "ablation":
-                ablation_sections(page, loaded)
-            else:
-                search_sections(page, loaded[0])
-    reproducibility(page, studies, storage)
+        for members, note in ablation_families(named, unnamed):
+            ablation_sections(page, members, note)
+        for name in names:
+            if name not in named:
+                search_sections(page, loaded[name][0])
+    reproducibility(page, [s for name in names for s in loaded[name]], ", ".join(storages))
     page.write()
     return out / "index.html"
+
+
+def loaded_runs(studies: list[optuna.Study]) -> bool:
+    """Whether every dataset of an ablation has a finished run (one that has not is no control to share)."""
+    return all(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for s in studies)
 
 
 def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> None:

@@ -1,10 +1,11 @@
-"""An ablation's sections of a report (one study per dataset, reported together): per dataset and
-variant, validation and test over seeds; the paired difference to the baseline over matching seeds
-with its 95% t-interval and the family-adjusted interval, paired t-test and Wilcoxon p-values,
-Holm-corrected over every comparison of the report, and what the seeds could detect (power); a
-verdict that never claims more than the runs support; learning curves; ranks within (dataset, seed)
-cells; every run left out, with its reason. Ablations are final evaluations of fixed configs, so
-their sections show test scores."""
+"""An ablation's sections of a report (one study per dataset, reported together; ablations that share
+their baseline runs bit for bit, together as one family): first one verdict table, a row per idea
+and a column per dataset and pooled over them, and its forest figure; then, per dataset and variant,
+validation and test over seeds; the paired difference to the baseline over matching seeds with its
+95% t-interval and its simultaneous interval (sign-flip max-t over the dataset's comparisons), the
+equivalence test against the smallest effect of interest, convergence and compute, and what the seeds
+could detect (power); learning curves; ranks within (dataset, seed) cells; every run left out, with
+its reason. Ablations are final evaluations of fixed configs, so their sections show test scores."""
 
 from __future__ import annotations
 
@@ -17,12 +18,32 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key, same_code
+from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
-from ggt_search.metrics import WIDEST_DIFFERENCE
+from ggt_search.metrics import TRIVIAL, WIDEST_DIFFERENCE
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.report import figures
 from ggt_search.report.page import Page
-from ggt_search.report.statistics import ALPHA, holm, holm_levels, mean_interval, paired_comparison
+from ggt_search.report.statistics import (
+    ALPHA,
+    EXACT_FLIPS,
+    FLIP_DRAWS,
+    SUSPECT_MADS,
+    dataset_level,
+    default_margin,
+    holm,
+    max_t,
+    paired_comparison,
+    random_effects,
+    standardised_effect,
+    suspect,
+    tost_p,
+)
+
+SIMULTANEOUS = ("p_tost", "d_z", "d_z_var", "sim_low", "sim_high", "p_maxt", "p_equivalent", "critical")
+LATE = 0.1  # a run "peaks late" when its best epoch is in this last share of its epoch budget
+STILL_IMPROVING = 0.25  # the share of late peaks above which a comparison is flagged as not converged
+MARKS = {"helps": "▲", "hurts": "▼", "equivalent": "=", "inconclusive": "?", "suspect": "!", "not testable": "–"}
 
 # Published test ROC-AUC (x 100, mean +- std over 10 seeds) of a 5-layer GIN without pre-training on OGB's
 # scaffold splits (Hu et al., ICLR 2020, table 1): a yardstick for the baselines of the CPU suite.
@@ -55,6 +76,15 @@ class AblationRuns:
     @property
     def order(self) -> list[str]:
         return [BASELINE, *[v for v in self.info["variants"] if v in set(self.runs.variant)]]
+
+
+def ablation_group(studies: list[optuna.Study]) -> list[AblationRuns]:
+    """An ablation's runs, one per dataset; refused while a dataset has none finished."""
+    datasets = [ablation_runs(s) for s in studies]
+    empty = [d.study.study_name for d in datasets if d.runs.empty]
+    if empty:
+        raise UserError(f"study {', '.join(empty)} has no finished runs yet; run `ggt-search ablate` first")
+    return datasets
 
 
 def ablation_runs(study: optuna.Study) -> AblationRuns:
@@ -92,6 +122,10 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                 "parameters": record.parameters,
                 "seconds_per_epoch": record.seconds_per_epoch,
                 "best_epoch": record.best_epoch,
+                "budget": ((record.config or {}).get("train") or {}).get("epochs"),
+                "ran": record.epochs or len(record.curve),
+                "trivial": (record.trivial or {}).get("test", np.nan),
+                "config": record.config,
                 "curve": record.curve,
             }
         )
@@ -113,91 +147,233 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
     )
 
 
+def control_difference(a: list[AblationRuns], b: list[AblationRuns]) -> str | None:
+    """Why two ablations do not share one control, or None when they do: the same datasets (same
+    checksums) and, on each, baseline runs of the same cells that are the same runs bit for bit (same
+    config, same code, same validation and test scores)."""
+    if [d.dataset for d in a] != [d.dataset for d in b]:
+        return "they ran on other datasets"
+    for x, y in zip(a, b):
+        if StudyRecord.of(x.study).checksum != StudyRecord.of(y.study).checksum:
+            return f"their {x.dataset} files differ (sha256)"
+        if x.chosen or y.chosen:
+            return "one tunes its learning rate per variant"
+        if (x.info.get("effect"), x.info.get("split_seeds")) != (y.info.get("effect"), y.info.get("split_seeds")):
+            return "they ask for another effect or other splits"
+        here, there = (d.runs[d.runs.variant == BASELINE].set_index("cell").sort_index() for d in (x, y))
+        if list(here.index) != list(there.index):
+            return f"their {x.dataset} baselines ran other seeds"
+        for cell in here.index:
+            one, other = here.loc[cell], there.loc[cell]
+            same_config = config_difference(RunConfig.from_dict(one.config), RunConfig.from_dict(other.config)) is None
+            code_matches = one.code == other.code or (pd.isna(one.code) and pd.isna(other.code))  # both unrecorded
+            if not (same_config and code_matches and (one.valid, one.test) == (other.valid, other.test)):
+                return f"their {x.dataset} baseline runs of seed {cell} differ"
+    return None
+
+
+def ablation_families(named: dict[str, list[AblationRuns]], unnamed: dict[str, list[AblationRuns]]) -> list:
+    """The named ablations as families, each [(its groups' runs), the sentence that states its family and control]:
+    ablations whose baselines are the same runs are one family (they share one control, so they are one
+    many-to-one comparison). An unnamed ablation of the same storage sharing the control is named in the sentence."""
+    families: list[list[str]] = []
+    for name in named:
+        home = next((f for f in families if control_difference(named[f[0]], named[name]) is None), None)
+        if home is None:
+            families.append([name])
+        else:
+            home.append(name)
+    out = []
+    for members in families:
+        runs = named[members[0]]
+        comparisons = sum(len(d.order) - 1 for group in members for d in named[group])
+        sharing = [n for n, other in unnamed.items() if control_difference(runs, other) is None]
+        control = (
+            f"the baseline runs of {', '.join(members)} on each dataset (seeds {runs[0].info['seeds']}), shared "
+            f"bit for bit (same config, code, dataset checksum and scores per seed), so they are analysed together"
+            if len(members) > 1
+            else "the baseline runs of this ablation on each dataset"
+        )
+        note = f"Family: the {comparisons} comparisons of {' and '.join(members)}; control: {control}."
+        if sharing:
+            note += (
+                f" Not in this family: {', '.join(sharing)}, in this report's storages, shares this control; "
+                f"`ggt-search report {' '.join([*members, *sharing])}` analyses them as one family."
+            )
+        elif len(families) > 1:
+            note += " The other ablations of this report have controls of their own and are families of their own."
+        else:
+            note += (
+                " No other ablation in the storages of this report shares it; one elsewhere would not be in this "
+                "family (`ggt-search report A B --storage X --storage Y` reports them together, one family if they "
+                "share it)."
+            )
+        out.append(([named[n] for n in members], note))
+    return out
+
+
+def merge_groups(groups: list[list[AblationRuns]]) -> list[AblationRuns]:
+    """The datasets of ablations that share a control, as one ablation: the first one's baseline runs and
+    every variant of each (named group/variant where two groups use the same name)."""
+    first, rest = groups[0], groups[1:]
+    if not rest:
+        return first
+    merged = []
+    for i, d in enumerate(first):
+        runs, problems, variants, taken = [d.runs], [d.problems], dict(d.info["variants"]), set(d.info["variants"])
+        for group in rest:
+            other = group[i]
+            name = StudyRecord.of(other.study).group or other.study.study_name
+            rename = {v: (f"{name}/{v}" if v in taken else v) for v in other.info["variants"]}
+            taken |= set(rename.values())
+            variants |= {rename[v]: change for v, change in other.info["variants"].items()}
+            runs.append(other.runs[other.runs.variant != BASELINE].replace({"variant": rename}))
+            problems.append(other.problems.replace({"variant": rename}) if not other.problems.empty else other.problems)
+        ideas = " + ".join(dict.fromkeys(g[i].info["idea"] for g in groups))
+        questions = " ".join(g[i].info.get("question") or "" for g in groups).strip()
+        info = d.info | {"idea": ideas, "question": questions, "variants": variants}
+        merged.append(
+            AblationRuns(
+                d.study,
+                d.dataset,
+                d.metric,
+                d.higher,
+                info,
+                pd.concat(runs, ignore_index=True),
+                pd.concat(problems, ignore_index=True),
+                d.tuning,
+                d.chosen,
+            )
+        )
+    return merged
+
+
 def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
-    """Every variant against the baseline on every dataset, over matching seeds; Holm over the whole family."""
+    """Every variant against the baseline on every dataset, over matching seeds. Within a dataset the
+    comparisons share the baseline: one sign-flip max-t gives their simultaneous intervals and
+    decisions, at the per-dataset level that holds the family-wise error ALPHA over all datasets."""
     family = sum(len(d.order) - 1 for d in datasets)
-    rows = []
+    level = dataset_level(ALPHA, len(datasets))
+    frames = []
     for d in datasets:
-        by_seed = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
-        base = by_seed[BASELINE]
+        if len(d.order) == 1:  # no variant has finished a run yet
+            continue
+        by_cell = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
+        base = by_cell[BASELINE]
+        margin = d.info.get("effect") or default_margin(d.metric, float(base["test"].mean()))
+        flagged = suspect(
+            {v: float(by_cell[v]["test"].mean()) for v in d.order},
+            {v: float(by_cell[v]["trivial"].mean()) for v in d.order},
+            d.higher,
+        )
+        rows, differences = [], {}
         for variant in d.order[1:]:
-            seeds = sorted(set(by_seed[variant].index) & set(base.index))
-            own = by_seed[variant].loc[seeds]
+            cells = sorted(set(by_cell[variant].index) & set(base.index))
+            own = by_cell[variant].loc[cells]
+            diff = own["test"] - base.loc[cells, "test"]
             test = paired_comparison(
-                own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family, d.info.get("effect")
+                own["test"].to_numpy(), base.loc[cells, "test"].to_numpy(), family, d.info.get("effect")
             )
-            valid = paired_comparison(own["valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy(), family)
-            rows.append(
-                {
-                    "dataset": d.dataset,
-                    "variant": variant,
-                    **test,
-                    "valid_diff": valid["mean_diff"],
-                    "p_valid": valid.get("p_t"),
-                    "higher": d.higher,
-                    "effect": d.info.get("effect"),
-                    "widest": WIDEST_DIFFERENCE.get(d.metric),
-                }
-            )
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    testable = frame["testable"].to_numpy()
-    frame["p_holm"] = np.nan
-    frame["adj_low"] = frame["adj_high"] = np.nan
-    if testable.any():
-        p_values = frame.loc[testable, "p_t"].tolist()
-        frame.loc[testable, "p_holm"] = holm(p_values)
-        # Each difference's interval at the level Holm tested it: it excludes 0 exactly when the verdict is helps/hurts.
-        for index, level in zip(frame.index[testable], holm_levels(p_values)):
-            r = frame.loc[index]
-            frame.loc[index, ["adj_low", "adj_high"]] = mean_interval(r["mean_diff"], r["sd"], r["n"], 1 - level)
-    frame["verdict"] = [verdict(r, r["higher"], r["effect"]) for r in frame.to_dict("records")]
+            valid = paired_comparison(own["valid"].to_numpy(), base.loc[cells, "valid"].to_numpy(), family)
+            both = pd.concat([own, base.loc[cells]])
+            row = {
+                "dataset": d.dataset,
+                "variant": variant,
+                **test,
+                "valid_diff": valid["mean_diff"],
+                "p_valid": valid.get("p_t"),
+                "higher": d.higher,
+                "margin": margin,
+                "effect": d.info.get("effect"),
+                "widest": WIDEST_DIFFERENCE.get(d.metric),
+                "suspect": flagged.get(variant),
+                "late_share": float(((both.ran >= both.budget) & (both.best_epoch > (1 - LATE) * both.budget)).mean()),
+                "budget": int(both.budget.max()),
+                "seconds_per_epoch": float(own.seconds_per_epoch.mean()),
+                "seconds_ratio": float(own.seconds_per_epoch.mean() / base.loc[cells, "seconds_per_epoch"].mean()),
+            }
+            if test["testable"]:
+                row["p_tost"] = tost_p(diff.to_numpy(), margin)
+                row["d_z"], row["d_z_var"] = standardised_effect(diff.to_numpy(), 1 if d.higher else -1)
+                differences[variant] = diff
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        frame = frame.reindex(columns=[*frame.columns, *(c for c in SIMULTANEOUS if c not in frame)])  # none testable
+        frame["level"] = level
+        if differences:  # cells x comparisons, NaN where a variant lacks a baseline's seed
+            simultaneous = max_t(pd.DataFrame(differences).to_numpy(), level)
+            at = frame.variant.isin(list(differences))
+            equivalence = np.minimum(frame.loc[at, "mean_diff"] + margin, margin - frame.loc[at, "mean_diff"])
+            frame.loc[at, "sim_low"], frame.loc[at, "sim_high"] = simultaneous.low, simultaneous.high
+            frame.loc[at, "p_maxt"] = simultaneous.adjusted_p(np.abs(simultaneous.mean / simultaneous.se))
+            frame.loc[at, "p_equivalent"] = simultaneous.adjusted_p(equivalence.to_numpy() / simultaneous.se)
+            frame.loc[at, "critical"] = simultaneous.critical
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["verdict"] = [verdict(r) for r in frame.to_dict("records")]
     return frame
 
 
-def verdict(row: dict, higher_is_better: bool, effect: float | None) -> str:
+def verdict(row: dict) -> str:
+    """helps / hurts when the simultaneous interval excludes 0; equivalent when it lies within the margin;
+    else inconclusive. A suspect variant gets no verdict on the idea: its implementation comes first."""
     if not row["testable"]:
-        return f"not testable ({row['why']})"
-    interval = (
-        f"{row['mean_diff']:+.4f}, 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
-        f"family-adjusted CI [{row['adj_low']:+.4f}, {row['adj_high']:+.4f}]"
-    )
-    if row["p_holm"] < ALPHA:
-        better = (row["mean_diff"] > 0) == higher_is_better
-        return f"{'helps' if better else 'hurts'} ({interval}, Holm p = {row['p_holm']:.3g}, {row['n']} seeds)"
-    text = f"no detectable effect at {row['n']} seeds ({interval}); with this spread, {row['n']} seeds "
-    widest = row.get("widest")
-    if widest is not None and row["detectable"] > widest:  # e.g. ±3.6 ROC-AUC: no real effect could show
-        text += (
-            f"cannot detect even the largest difference the metric allows (±{widest:g}): "
-            f"this comparison needs more seeds"
+        return "not testable"
+    if isinstance(row.get("suspect"), str):
+        return "suspect"
+    if row["p_maxt"] <= row["level"]:
+        return "helps" if (row["mean_diff"] > 0) == row["higher"] else "hurts"
+    return "equivalent" if row["p_equivalent"] <= row["level"] else "inconclusive"
+
+
+def pool(comparison: pd.DataFrame, ideas: list[str]) -> pd.DataFrame:
+    """One verdict per idea across datasets: DerSimonian-Laird over the datasets' standardised paired
+    effects (d_z, + is better), Holm over the ideas."""
+    rows = []
+    for variant in ideas:
+        own = comparison[(comparison.variant == variant) & comparison.testable]
+        if own.empty:
+            rows.append({"variant": variant, "datasets": 0})
+            continue
+        rows.append(
+            {"variant": variant, **random_effects(own.d_z.to_numpy(), own.d_z_var.to_numpy())}
+            | {"suspect": own.suspect.map(lambda s: isinstance(s, str)).any()}
         )
-    else:
-        text += f"detect (80% power) only differences of ±{row['detectable']:.4f} or more"
-    if effect is not None:
-        needed = row.get("seeds_for_effect")
-        text += f"; ±{effect:g} would need {'more than 1000' if needed is None else f'about {needed}'} seeds"
-    return text
+    pooled = pd.DataFrame(rows)
+    testable = pooled.datasets > 0
+    pooled["p_holm"] = np.nan
+    if testable.any():
+        pooled.loc[testable, "p_holm"] = holm(pooled.loc[testable, "p"].tolist())
+    pooled["verdict"] = [
+        "not testable"
+        if not r["datasets"]
+        else "suspect"
+        if r["suspect"]
+        else ("helps" if r["effect"] > 0 else "hurts")
+        if r["p_holm"] < ALPHA
+        else "inconclusive"
+        for r in pooled.to_dict("records")
+    ]
+    return pooled
 
 
-def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
-    datasets = [ablation_runs(s) for s in studies]
-    empty = [d.study.study_name for d in datasets if d.runs.empty]
-    if empty:
-        raise UserError(f"study {', '.join(empty)} has no finished runs yet; run `ggt-search ablate` first")
+def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note: str) -> None:
+    """One family's sections: the ablations in `groups` share one control (one ablation, usually)."""
+    datasets = merge_groups(groups)
     info = datasets[0].info
-    group = StudyRecord.of(studies[0]).group or studies[0].study_name
-    page.heading(f"Ablation: {info['idea']} ({group})")
+    names = [StudyRecord.of(group[0].study).group or group[0].study.study_name for group in groups]
+    page.heading(f"Ablation: {info['idea']} ({', '.join(names)})")
+    comparison = compare(datasets)
+    pooled = pool(comparison, ideas(datasets)) if len(datasets) > 1 else None
+    verdict_table_section(page, datasets, comparison, pooled)
     if info.get("question"):
         page.text(info["question"])
     page.text(
         f"Datasets: {', '.join(d.dataset for d in datasets)}. Each variant changes one thing of the baseline; "
         f"seeds {info['seeds']}; every run has the same epoch budget, no pruning; validation picks each run's "
-        f"epoch, and test is scored once, with that epoch's weights."
+        f"epoch, and test is scored once, with that epoch's weights. {family_note}"
     )
-    comparison = compare(datasets)
-    verdict_section(page, comparison, len(datasets))
+    how_to_read_section(page, datasets, comparison, pooled)
     variance_sources_section(page, info)
     code_section(page, datasets)
     tuned_learning_rates_section(page, datasets)
@@ -239,6 +415,10 @@ def code_section(page: Page, datasets: list[AblationRuns]) -> None:
     page.heading("Code of the compared runs", 3)
     flagged = False
     for d in datasets:
+        if d.runs["code"].isna().all():  # runs from before runs recorded it: one line, not one per comparison
+            page.text(f"{d.dataset}: code not recorded for any of its {len(d.runs)} runs.")
+            flagged = True
+            continue
         for variant in d.order[1:]:
             runs = d.runs[d.runs.variant.isin([BASELINE, variant])]
             where = f"{variant} vs baseline{f' on {d.dataset}' if len(datasets) > 1 else ''}"
@@ -279,23 +459,132 @@ def tuned_learning_rates_section(page: Page, datasets: list[AblationRuns]) -> No
         page.table(table, floatfmt=[".4f" if column != "lr" else "g" for column in table.columns])
 
 
-def verdict_section(page: Page, comparison: pd.DataFrame, datasets: int) -> None:
+def verdict_table_section(
+    page: Page, datasets: list[AblationRuns], comparison: pd.DataFrame, pooled: pd.DataFrame | None
+) -> None:
+    """The first screen: a row per idea, a column per dataset (and pooled), each cell the effect, its
+    simultaneous interval and its verdict's mark; then the same as a forest figure."""
     page.heading("Verdicts", 3)
-    testable = int(comparison["testable"].sum()) if not comparison.empty else 0
-    page.text(
-        f"Paired t-tests on test over matching seeds, Holm-corrected over all {testable} testable comparisons"
-        f"{f' on {datasets} datasets' if datasets > 1 else ''} (family-wise error {ALPHA}). The 95% CI is "
-        f"each difference's own. The family-adjusted CI goes with the Holm decision: it is the t-interval at the "
-        f"level Holm's step-down test used for that comparison (1 - {ALPHA}/(m - i + 1) for the i-th smallest p; "
-        f"after the step where Holm stops, that step's level), so it excludes 0 exactly when Holm's test finds a "
-        f"difference. Bonferroni's intervals (level 1 - {ALPHA}/m for all) are as wide as the smallest p's and, "
-        f"unlike these, cover all differences at once with 95% probability. Detectable effects are stated at "
-        f"Bonferroni's level. "
-        f"'No detectable effect' is not 'no effect': it says how large an effect the seeds rule out."
+    legend = ", ".join(
+        f"{mark} {word}{' (within ±margin)' if word == 'equivalent' else ''}" for word, mark in MARKS.items()
     )
-    for r in comparison.to_dict("records"):
-        where = f" on {r['dataset']}" if datasets > 1 else ""
-        page.text(f"{r['variant']} vs baseline{where}: {r['verdict']}")
+    page.text(
+        f"Variant minus baseline (test, same seeds) [simultaneous {1 - ALPHA:.0%} interval]: {legend}; "
+        f"† still improving at the end. Pooled: standardised effect d (+ better) [95%], I². "
+        "Below: how to read it."
+    )
+    table = pd.DataFrame({"idea": ideas(datasets)})
+    for d in datasets:
+        own = comparison[comparison.dataset == d.dataset].set_index("variant")
+        unit = f"{d.dataset} {d.metric} {'↑' if d.higher else '↓'}"
+        table[unit] = [verdict_cell(own.loc[v]) if v in own.index else "" for v in table.idea]
+    if pooled is not None:
+        table["pooled d"] = [pooled_cell(r) for r in pooled.to_dict("records")]
+    page.table(table)
+    page.figure(
+        figures.forest_figure(comparison, pooled, [d.dataset for d in datasets], ideas(datasets), MARKS),
+        "verdicts",
+        "Each idea's effect per dataset with its simultaneous interval (pooled: d with its 95% interval), "
+        "coloured by verdict; the grey band is ±margin",
+    )
+
+
+def ideas(datasets: list[AblationRuns]) -> list[str]:
+    """The variants with a finished run on any dataset, in the ablation file's order."""
+    return [v for v in datasets[0].info["variants"] if any(v in d.order for d in datasets)]
+
+
+def verdict_cell(row: pd.Series) -> str:
+    if not row["testable"]:
+        return f"{MARKS['not testable']} {row['n']} seed{'s' if row['n'] != 1 else ''}"
+    late = " †" if row["late_share"] > STILL_IMPROVING else ""
+    return f"{row['mean_diff']:+.3f} [{row['sim_low']:+.3f}, {row['sim_high']:+.3f}] {MARKS[row['verdict']]}{late}"
+
+
+def pooled_cell(row: dict) -> str:
+    if not row["datasets"]:
+        return MARKS["not testable"]
+    return f"{row['effect']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}] I² {row['i2']:.0%} {MARKS[row['verdict']]}"
+
+
+def how_to_read_section(
+    page: Page, datasets: list[AblationRuns], comparison: pd.DataFrame, pooled: pd.DataFrame | None
+) -> None:
+    """Each method once: the simultaneous intervals, equivalence, pooling, suspects, convergence, Wilcoxon."""
+    page.heading("How to read the verdicts", 3)
+    level = comparison["level"].iloc[0]
+    cells = max(len(set(d.runs.cell)) for d in datasets)
+    flips = (
+        f"all 2^{cells} sign patterns" if cells <= EXACT_FLIPS else f"{FLIP_DRAWS:,} random sign patterns (fixed seed)"
+    )
+    page.text(
+        f"Simultaneous intervals: Westfall and Young's sign-flip max-t (single step). On each dataset every "
+        f"variant is compared with the same baseline runs (Dunnett's many-to-one setting), so the comparisons are "
+        f"dependent; flipping the sign of one seed's centred differences for all variants at once ({flips}) keeps "
+        f"that dependence, and the {1 - level:.4f} quantile c of the largest |t| over the dataset's variants gives "
+        f"the intervals mean ± c·se, which cover all of that dataset's true differences at once with probability "
+        f"{1 - level:.4f}. The datasets' runs are independent, so at that level per dataset "
+        f"(1 - (1 - {ALPHA})^(1/{len(datasets)})) all the family's intervals hold together with probability "
+        f"{1 - ALPHA:.2f}. helps / hurts: the interval excludes 0 (the max-t adjusted p, p_maxt, is at most "
+        f"{level:.4f}); the decisions and the intervals cannot disagree."
+    )
+    margins = "; ".join(
+        f"{d.dataset} ±{comparison.loc[comparison.dataset == d.dataset, 'margin'].iloc[0]:.4g}"
+        + ("" if d.info.get("effect") else " (default)")
+        for d in datasets
+    )
+    page.text(
+        f"Equivalent within ±margin: two one-sided tests (TOST, Schuirmann 1987) against the smallest effect of "
+        f"interest, the ablation file's `effect`, or by default 0.02 for ROC-AUC and AP and 5% of the baseline's "
+        f"mean for RMSE and MAE. Margins: {margins}. Both one-sided statistics must pass the same max-t critical "
+        f"value, so 'equivalent' means the simultaneous interval lies within ±margin (p_equivalent at most the "
+        f"level); p_tost in the tables is each comparison's own TOST p-value. Inconclusive: neither: the seeds "
+        f"neither show an effect nor rule one out. The detectable effect (80% power, at Bonferroni's level) and "
+        f"the seeds an `effect` would need describe the design, not the data."
+    )
+    if pooled is not None:
+        page.text(
+            "Pooled: one verdict per idea across the datasets, by DerSimonian and Laird's random-effects "
+            "meta-analysis of each dataset's standardised paired effect d_z = mean / sd of the differences (signed "
+            "so + is better, variance 1/n + d²/(2n)), with the between-dataset variance tau² (clipped at 0) and I², "
+            "the share of the spread that is heterogeneity; Holm over the ideas. DerSimonian-Laird rather than a "
+            "mixed model: with three or four datasets a variance component of datasets is barely estimable, and "
+            "the moment estimator is the standard, transparent choice whose every step the table shows."
+        )
+        page.table(
+            pooled.reindex(
+                columns=["variant", "datasets", "effect", "se", "low", "high", "tau2", "i2", "p", "p_holm", "verdict"]
+            )
+        )
+    page.text(
+        f"Suspect: a variant whose mean test score is no better than {TRIVIAL}, or more than {SUSPECT_MADS} robust "
+        f"sds (MAD, scaled to the normal sd) worse than the median of the other variants and as far from the "
+        f"nearest of them, is 'suspect: check the implementation' and gets no 'hurts' verdict: such a gap has "
+        f"pointed at a defect before (cycle-count embeddings that swamped the atom features), not at the idea."
+    )
+    page.text(
+        f"Late: more than {STILL_IMPROVING:.0%} of the comparison's runs (variant and baseline) had their best "
+        f"validation epoch in the last {LATE:.0%} of the epoch budget: still improving at the end, so the verdict "
+        f"holds at that budget only. A run stopped early (train.patience) counts as converged. Seconds per epoch "
+        f"are shown per comparison: equal epochs are not equal compute."
+    )
+    family = int(comparison.testable.sum())
+    smallest, first = 2 / 2**cells, ALPHA / max(family, 1)
+    reach = "could not reject anything" if smallest > first else "could reject only the most extreme pattern"
+    page.text(
+        f"Wilcoxon's signed-rank test is not used: at {cells} seeds its smallest exact two-sided p is 2/2^{cells} = "
+        f"{smallest:.2g}, {'above' if smallest > first else 'near'} the first threshold of a Bonferroni-Holm family "
+        f"of {family} ({ALPHA}/{family} = {first:.2g}), so it {reach}; the sign-flip max-t above is the "
+        "distribution-free check that can."
+    )
+    for r in comparison[comparison.suspect.map(lambda s: isinstance(s, str))].to_dict("records"):
+        page.text(f"{r['variant']} on {r['dataset']}: suspect, check the implementation: {r['suspect']}.")
+    for dataset, late in comparison[comparison.late_share > STILL_IMPROVING].groupby("dataset", sort=False):
+        shares = ", ".join(f"{v} {share:.0%}" for v, share in zip(late.variant, late.late_share))
+        page.text(
+            f"{dataset}: still improving at the end, holds at {late.budget.max()} epochs: {len(late)} of "
+            f"{int((comparison.dataset == dataset).sum())} comparisons ({shares} of their runs peak late)."
+        )
 
 
 def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> None:
@@ -333,27 +622,41 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
     )
     if comparison.empty:
         return
-    page.heading(f"{d.dataset}: paired differences to the baseline (test, matching seeds)", 3)
+    cells = "(split seed, seed) cells" if d.info.get("split_seeds") else "seeds"
+    page.heading(
+        f"{d.dataset}: paired differences to the baseline (test, up to {comparison.n.max()} paired {cells})", 3
+    )
     columns = [
         "variant",
         "n",
         "mean_diff",
         "ci_low",
         "ci_high",
-        "adj_low",
-        "adj_high",
+        "sim_low",
+        "sim_high",
         "p_t",
-        "p_wilcoxon",
-        "p_holm",
+        "p_maxt",
+        "p_tost",
+        "p_equivalent",
+        "verdict",
         "detectable",
     ]
     if comparison["effect"].notna().any():
         columns.append("seeds_for_effect")
     page.table(comparison.reindex(columns=columns))
+    for note in filter(None, map(design_note, comparison.to_dict("records"))):
+        page.text(note)
+    page.text(f"Convergence and compute ({d.dataset}, epoch budget {int(d.runs.budget.max())}):")
+    page.table(
+        comparison.reindex(columns=["variant", "late_share", "seconds_per_epoch", "seconds_ratio"]).rename(
+            columns={"late_share": "share peaking late", "seconds_ratio": "x baseline's s/epoch"}
+        ),
+        floatfmt=".2f",
+    )
     page.figure(
         figures.differences_figure(comparison, metric),
         f"differences-{slug}",
-        "Paired test differences to the baseline: the 95% CI (thick) and the family-adjusted CI (thin), as in "
+        "Paired test differences to the baseline: the 95% CI (thick) and the simultaneous interval (thin), as in "
         "the table; the line is no effect",
     )
     page.heading(f"{d.dataset}: validation and test", 3)
@@ -373,6 +676,19 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
         f"curves-{slug}",
         f"Validation {metric} per epoch: mean over seeds with its 95% t-interval",
     )
+
+
+def design_note(row: dict) -> str | None:
+    """What a comparison's design cannot do, where it matters: no test at all, or no detectable effect
+    within the metric's range (e.g. ±3.6 ROC-AUC at two seeds: no real effect could show)."""
+    if not row["testable"]:
+        return f"{row['variant']} vs baseline: not testable ({row['why']})"
+    if row["widest"] is not None and row["detectable"] > row["widest"]:
+        return (
+            f"{row['variant']} vs baseline: with this spread, {row['n']} seeds cannot detect even the largest "
+            f"difference the metric allows (±{row['widest']:g}): this comparison needs more seeds."
+        )
+    return None
 
 
 def rank_section(page: Page, datasets: list[AblationRuns]) -> None:

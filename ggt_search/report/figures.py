@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ggt_search.report.statistics import t_interval
@@ -47,18 +48,82 @@ def scores_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
     return fig
 
 
+VERDICT_COLOURS = {
+    "helps": "#1a9850",
+    "hurts": "#d73027",
+    "equivalent": "#4575b4",
+    "inconclusive": "0.55",
+    "suspect": "#f39c12",
+    "not testable": "0.8",
+}
+
+
+def within_view(ends: pd.DataFrame) -> pd.DataFrame:
+    """Interval ends with an infinite one (at 2 seeds half the sign patterns have no spread) drawn to just
+    past the finite ends: an axis has no infinity."""
+    finite = ends.to_numpy()[np.isfinite(ends.to_numpy())]
+    low, high = (finite.min(), finite.max()) if len(finite) else (-1.0, 1.0)
+    pad = 0.1 * (high - low or 1.0)
+    return ends.clip(low - pad, high + pad)
+
+
 def differences_figure(comparison: pd.DataFrame, metric: str) -> Figure:
-    """Each testable paired difference: its mean, 95% CI (thick) and family-adjusted CI (thin)."""
-    rows = comparison[comparison.testable]
+    """Each testable paired difference: its mean, 95% CI (thick) and simultaneous interval (thin)."""
+    rows = comparison[comparison.testable].copy()
+    rows[["sim_low", "sim_high"]] = within_view(rows[["sim_low", "sim_high"]])
     fig = Figure(figsize=(7, 0.8 + 0.5 * max(len(rows), 1)))
     ax = fig.subplots()
     for y, r in enumerate(rows.to_dict("records")):
-        ax.plot([r["adj_low"], r["adj_high"]], [y, y], color="C3", lw=1)
+        ax.plot([r["sim_low"], r["sim_high"]], [y, y], color="C3", lw=1)
         ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="C3", lw=4)
         ax.plot(r["mean_diff"], y, "D", color="k")
     ax.set_yticks(range(len(rows)), rows.variant)
     ax.axvline(0, color="0.2", lw=1)
     ax.set_xlabel(f"test {metric}: variant - baseline (same seed)")
+    return fig
+
+
+def forest_figure(
+    comparison: pd.DataFrame, pooled: pd.DataFrame | None, datasets: list[str], ideas: list[str], marks: dict
+) -> Figure:
+    """One panel per dataset (its own units) and one pooled (d), a row per idea: the effect and its interval,
+    coloured by verdict, over the grey ±margin band and the line of no effect. + is better in every panel."""
+    panels = [*datasets, "pooled"] if pooled is not None else datasets
+    fig = Figure(figsize=(2.9 * len(panels) + 1.2, max(1.8, 0.8 + 0.145 * len(ideas))))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        if panel == "pooled":
+            rows = pooled.set_index("variant")
+            points = {v: (r.effect, r.low, r.high, r.verdict) for v, r in rows.iterrows() if r.datasets}
+            ax.set_title("pooled: d (+ better)", fontsize=9)
+        else:
+            rows = comparison[(comparison.dataset == panel) & comparison.testable].set_index("variant")
+            rows[["sim_low", "sim_high"]] = within_view(rows[["mean_diff", "sim_low", "sim_high"]])[
+                ["sim_low", "sim_high"]
+            ]
+            sign = np.where(rows.higher, 1, -1)  # errors (RMSE) flipped so that + is better everywhere
+            points = {
+                v: (s * r.mean_diff, *sorted((s * r.sim_low, s * r.sim_high)), r.verdict)
+                for (v, r), s in zip(rows.iterrows(), sign)
+            }
+            if len(rows):
+                ax.axvspan(-rows.margin.iloc[0], rows.margin.iloc[0], color="0.9", zorder=0)
+            ax.set_title(f"{panel}{'' if rows.higher.all() else ' (-RMSE)'}", fontsize=9)
+        for y, idea in enumerate(ideas):
+            if idea in points:
+                effect, low, high, verdict = points[idea]
+                colour = VERDICT_COLOURS[verdict]
+                ax.plot([low, high], [y, y], color=colour, lw=2)
+                ax.plot(effect, y, "o", color=colour, ms=4)
+        ax.axvline(0, color="0.2", lw=0.8)
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(range(len(ideas)), ideas)
+    axes[0].set_ylim(len(ideas) - 0.5, -0.5)  # the first idea on top, as in the table
+    handles = [Line2D([], [], color=c, lw=2, label=f"{marks[v]} {v}") for v, c in VERDICT_COLOURS.items()]
+    fig.legend(
+        handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1)
+    )
+    fig.tight_layout()
     return fig
 
 

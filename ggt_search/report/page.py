@@ -15,10 +15,11 @@ from matplotlib.figure import Figure
 
 from ggt_search.files import atomic_write, make_folder, write_text
 
-STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}"
-    "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+STYLE = (  # compact, so that an ablation's verdict table and forest figure fit the first screen
+    "body{font-family:system-ui,sans-serif;max-width:1320px;margin:1em auto;padding:0 1em;color:#222;font-size:15px}"
+    "h1{font-size:1.5em;margin:.3em 0}h2{font-size:1.25em;margin:.4em 0}h3{font-size:1.1em;margin:.6em 0 .3em}"
+    "table{border-collapse:collapse;margin:.5em 0;font-size:13px;display:block;overflow-x:auto}"
+    "td,th{padding:1px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
     "img{max-width:100%}"
     "pre{background:#f5f5f5;padding:1em;overflow-x:auto}"
 )
