@@ -45,7 +45,7 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
             loaded = [optuna.load_study(study_name=n, storage=store) for n in sorted(members)]
             studies += loaded
             if StudyRecord.of(loaded[0]).kind == "ablation":
-                ablation_sections(page, loaded)
+                ablation_sections(page, loaded, storage)
             else:
                 search_sections(page, loaded[0])
     reproducibility(page, studies, storage)

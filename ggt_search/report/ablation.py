@@ -22,6 +22,7 @@ from ggt_search.metrics import WIDEST_DIFFERENCE
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.report import figures
 from ggt_search.report.page import Page
+from ggt_search.report.resampling import COLUMN, bootstrap_note, with_bootstrap
 from ggt_search.report.statistics import ALPHA, holm, holm_levels, mean_interval, paired_comparison
 
 # Published test ROC-AUC (x 100, mean +- std over 10 seeds) of a 5-layer GIN without pre-training on OGB's
@@ -93,6 +94,7 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                 "seconds_per_epoch": record.seconds_per_epoch,
                 "best_epoch": record.best_epoch,
                 "curve": record.curve,
+                "predictions": record.predictions,  # the artifact id of its valid and test predictions, if stored
             }
         )
     described = StudyRecord.of(study)
@@ -181,7 +183,7 @@ def verdict(row: dict, higher_is_better: bool, effect: float | None) -> str:
     return text
 
 
-def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
+def ablation_sections(page: Page, studies: list[optuna.Study], storage: str) -> None:
     datasets = [ablation_runs(s) for s in studies]
     empty = [d.study.study_name for d in datasets if d.runs.empty]
     if empty:
@@ -196,7 +198,7 @@ def ablation_sections(page: Page, studies: list[optuna.Study]) -> None:
         f"seeds {info['seeds']}; every run has the same epoch budget, no pruning; validation picks each run's "
         f"epoch, and test is scored once, with that epoch's weights."
     )
-    comparison = compare(datasets)
+    comparison = with_bootstrap(compare(datasets), datasets, storage)
     verdict_section(page, comparison, len(datasets))
     variance_sources_section(page, info)
     code_section(page, datasets)
@@ -345,11 +347,13 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
         "p_t",
         "p_wilcoxon",
         "p_holm",
+        COLUMN,
         "detectable",
     ]
     if comparison["effect"].notna().any():
         columns.append("seeds_for_effect")
     page.table(comparison.reindex(columns=columns))
+    page.text(bootstrap_note(comparison))
     page.figure(
         figures.differences_figure(comparison, metric),
         f"differences-{slug}",
