@@ -171,7 +171,7 @@ def test_delong_matches_the_reference_implementation():
 def test_the_note_says_where_the_t_test_and_the_bootstrap_disagree():
     comparison = pd.DataFrame(
         [
-            {"variant": "a", "testable": True, "p_t": 0.01, "boot_low": -0.02, "boot_high": 0.08},
+            {"variant": "a", "testable": True, "p_t": 0.01, "p_holm": 0.03, "boot_low": -0.02, "boot_high": 0.08},
             {"variant": "b", "testable": True, "p_t": 0.01, "boot_low": 0.01, "boot_high": 0.08},
             {"variant": "c", "testable": True, "p_t": 0.40, "boot_low": -0.02, "boot_high": 0.08},
             {"variant": "d", "testable": False, "p_t": np.nan, "boot_low": -0.02, "boot_high": 0.08},
@@ -180,11 +180,12 @@ def test_the_note_says_where_the_t_test_and_the_bootstrap_disagree():
     note = bootstrap_note(comparison)
     assert note.startswith(f"The {COLUMN} (2000 replicates) resamples the paired seeds and, independently")
     assert "a: the t-test finds a difference (p = 0.01), but the bootstrap interval [-0.0200, +0.0800]" in note
+    assert note.endswith("within the test molecules' sampling error; its verdict rests on the t-test alone.")
     assert not re.search(r"\b[bcd]: the t-test", note)
 
 
 def test_the_report_shows_the_bootstrap_beside_the_t_test(bbbp_csv, tmp_path):  # noqa: F811
-    study, storage = run(tmp_path, ABLATION.replace("seeds: 0-1", "seeds: 0-2"), bbbp_csv)
+    study, storage = run(tmp_path, ABLATION + "split_seeds: [0, 1]\n", bbbp_csv)  # two test sets, 4 cells
     datasets = [ablation_runs(study)]
     comparison = with_bootstrap(compare(datasets), datasets, storage)
     (row,) = comparison.to_dict("records")

@@ -10,12 +10,17 @@ is 0.05-0.08). Two tests here cover it:
   those molecules: one molecule draw per test set and replicate, used by both arms and by every seed, so the
   comparison stays paired and the molecules' error is not averaged away over seeds. Scores follow OGB's
   Evaluator (`ggt_search.metrics.score`): per task over its labelled molecules, ROC-AUC and AP only on tasks
-  with both classes among them, then the mean over tasks. A resample is a vector of molecule counts, so each
-  metric is computed for every replicate at once from one sort of the predictions (ROC-AUC by ranks).
+  with both classes among them, then the mean over tasks. A resample is a vector of molecule counts, so every
+  replicate's score comes from one pass over a run's predictions: ROC-AUC as the count-weighted Mann-Whitney
+  statistic (each positive's wins over the negatives, ties half, times the counts: one matrix product), AP
+  from one sort, RMSE and MAE as weighted means. 19 variants x 10 seeds x 150 molecules x 2000 replicates
+  take about 2 s on one core.
 - `delong_test`: DeLong's paired test of two ROC-AUCs on the same molecules (one split, one seed's two models,
   one task), in the fast form of Sun & Xu (2014).
 
-`bootstrap_comparisons` gives the ablation report its column, and `bootstrap_notes` the sentences below it.
+`with_bootstrap` gives the ablation report's comparison tables their column, and `bootstrap_note` the
+sentences below each. Both tests take arrays; a study's runs give them through `ablate.run_predictions`, e.g.
+`delong_test(p.labels[:, 0], p.predicted[:, 0], q.predicted[:, 0])` for two runs' test `Predictions` p, q.
 """
 
 from __future__ import annotations
@@ -212,7 +217,7 @@ def _bootstrap_row(
 ) -> dict:
     """The bootstrap's columns for one comparison, from its (variant, baseline) runs' artifact ids, cell by cell;
     `loaded` keeps the test predictions read so far (the baseline's serve every variant)."""
-    missing = sum(a is None or a != a for pair in artifacts for a in pair)  # None, or NaN in a mixed column
+    missing = sum(bool(pd.isna(a)) for pair in artifacts for a in pair)
     if missing:
         runs = 2 * len(artifacts)
         return {COLUMN: NO_PREDICTIONS if missing == runs else f"{NO_PREDICTIONS} for {missing} of {runs} runs"}
@@ -252,8 +257,10 @@ def bootstrap_note(comparison: pd.DataFrame) -> str:
     for r in comparison.to_dict("records"):
         low, high = r.get("boot_low", np.nan), r.get("boot_high", np.nan)
         if r["testable"] and r["p_t"] < ALPHA and low <= 0 <= high:
+            verdict = "; its verdict rests on the t-test alone" if r.get("p_holm", np.nan) < ALPHA else ""
             text += (
                 f" {r['variant']}: the t-test finds a difference (p = {r['p_t']:.3g}), but the bootstrap interval "
-                f"[{low:+.4f}, {high:+.4f}] contains 0: the difference is within the test molecules' sampling error."
+                f"[{low:+.4f}, {high:+.4f}] contains 0: the difference is within the test molecules' sampling "
+                f"error{verdict}."
             )
     return text
