@@ -34,6 +34,7 @@ import pandas as pd
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from ggt_search.ablate import BASELINE
 from ggt_search.report.statistics import ALPHA
@@ -135,7 +136,9 @@ def paired_bootstrap(metric: str, runs: list[PairedRuns], replicates: int = REPL
     for paired in runs:
         cells = len(paired.variant)
         counts = np.column_stack([np.ones(len(paired.labels)), molecule_counts(rng, len(paired.labels), replicates)])
-        scores = resampled_scores(metric, paired.labels, np.concatenate([paired.variant, paired.baseline]), counts)
+        predicted = np.concatenate([paired.variant, paired.baseline])
+        with threadpool_limits(1, user_api="blas"):  # small products: BLAS threads would only wait on each other
+            scores = resampled_scores(metric, paired.labels, predicted, counts)
         difference = scores[:cells] - scores[cells:]  # [cells, 1 + replicates]: first all molecules once
         observed.append(difference[:, 0])
         differences.append(difference[:, 1:].T)
