@@ -8,6 +8,7 @@ their sections show test scores."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,13 @@ class AblationRuns:
     @property
     def order(self) -> list[str]:
         return [BASELINE, *[v for v in self.info["variants"] if v in set(self.runs.variant)]]
+
+    def paired(self) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
+        """Per variant, its runs and the baseline's on the cells both finished, row by row the same cell."""
+        by_cell = {v: self.runs[self.runs.variant == v].set_index("cell") for v in self.order}
+        for variant in self.order[1:]:
+            cells = sorted(set(by_cell[variant].index) & set(by_cell[BASELINE].index))
+            yield variant, by_cell[variant].loc[cells], by_cell[BASELINE].loc[cells]
 
 
 def ablation_runs(study: optuna.Study) -> AblationRuns:
@@ -120,15 +128,9 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     family = sum(len(d.order) - 1 for d in datasets)
     rows = []
     for d in datasets:
-        by_seed = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
-        base = by_seed[BASELINE]
-        for variant in d.order[1:]:
-            seeds = sorted(set(by_seed[variant].index) & set(base.index))
-            own = by_seed[variant].loc[seeds]
-            test = paired_comparison(
-                own["test"].to_numpy(), base.loc[seeds, "test"].to_numpy(), family, d.info.get("effect")
-            )
-            valid = paired_comparison(own["valid"].to_numpy(), base.loc[seeds, "valid"].to_numpy(), family)
+        for variant, own, base in d.paired():
+            test = paired_comparison(own["test"].to_numpy(), base["test"].to_numpy(), family, d.info.get("effect"))
+            valid = paired_comparison(own["valid"].to_numpy(), base["valid"].to_numpy(), family)
             rows.append(
                 {
                     "dataset": d.dataset,

@@ -36,7 +36,6 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from ggt_search.ablate import BASELINE
 from ggt_search.report.statistics import ALPHA
 from ggt_search.storage import artifact_dir
 from ggt_search.trials import load_predictions
@@ -204,11 +203,8 @@ def with_bootstrap(comparison: pd.DataFrame, datasets: list[AblationRuns], stora
     store, loaded = FileSystemArtifactStore(str(folder)), {}
     rows = []
     for d in datasets:
-        by_cell = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
-        base = by_cell[BASELINE]
-        for variant in d.order[1:]:
-            cells = sorted(set(by_cell[variant].index) & set(base.index))
-            artifacts = [(by_cell[variant].loc[c, "predictions"], base.loc[c, "predictions"]) for c in cells]
+        for variant, own, base in d.paired():
+            artifacts = list(zip(own["predictions"], base["predictions"], strict=True))
             rows.append(
                 {"dataset": d.dataset, "variant": variant} | _bootstrap_row(d.metric, artifacts, store, folder, loaded)
             )
