@@ -57,8 +57,10 @@ def build_report(names: list[str], storage: str | list[str], out: Path) -> Path:
         name: ablation_group(loaded[name]) for name in ablations if name not in names and loaded_runs(loaded[name])
     }
     with report_style():
+        url_of = {id(store): url for store, url in zip(stores, storages)}
         for members, note in ablation_families(named, unnamed):
-            ablation_sections(page, members, note)
+            first = next(name for name in named if named[name] is members[0])  # its predictions lie beside its storage
+            ablation_sections(page, members, note, url_of[id(groups[first][0])])
         for name in names:
             if name not in named:
                 search_sections(page, loaded[name][0])

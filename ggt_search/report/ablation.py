@@ -9,6 +9,7 @@ its reason. Ablations are final evaluations of fixed configs, so their sections 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ggt_search.metrics import TRIVIAL, WIDEST_DIFFERENCE
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.report import figures
 from ggt_search.report.page import Page
+from ggt_search.report.resampling import COLUMN, bootstrap_note, with_bootstrap
 from ggt_search.report.statistics import (
     ALPHA,
     EXACT_FLIPS,
@@ -77,6 +79,13 @@ class AblationRuns:
     def order(self) -> list[str]:
         return [BASELINE, *[v for v in self.info["variants"] if v in set(self.runs.variant)]]
 
+    def paired(self) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame]]:
+        """Per variant, its runs and the baseline's on the cells both finished, row by row the same cell."""
+        by_cell = {v: self.runs[self.runs.variant == v].set_index("cell") for v in self.order}
+        for variant in self.order[1:]:
+            cells = sorted(set(by_cell[variant].index) & set(by_cell[BASELINE].index))
+            yield variant, by_cell[variant].loc[cells], by_cell[BASELINE].loc[cells]
+
 
 def ablation_group(studies: list[optuna.Study]) -> list[AblationRuns]:
     """An ablation's runs, one per dataset; refused while a dataset has none finished."""
@@ -127,6 +136,7 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                 "trivial": (record.trivial or {}).get("test", np.nan),
                 "config": record.config,
                 "curve": record.curve,
+                "predictions": record.predictions,  # the artifact id of its valid and test predictions, if stored
             }
         )
     described = StudyRecord.of(study)
@@ -357,13 +367,14 @@ def pool(comparison: pd.DataFrame, ideas: list[str]) -> pd.DataFrame:
     return pooled
 
 
-def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note: str) -> None:
-    """One family's sections: the ablations in `groups` share one control (one ablation, usually)."""
+def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note: str, storage: str) -> None:
+    """One family's sections: the ablations in `groups` share one control (one ablation, usually). The
+    bootstrap reads stored predictions beside `storage` (the first group's)."""
     datasets = merge_groups(groups)
     info = datasets[0].info
     names = [StudyRecord.of(group[0].study).group or group[0].study.study_name for group in groups]
     page.heading(f"Ablation: {info['idea']} ({', '.join(names)})")
-    comparison = compare(datasets)
+    comparison = with_bootstrap(compare(datasets), datasets, storage)
     pooled = pool(comparison, ideas(datasets)) if len(datasets) > 1 else None
     verdict_table_section(page, datasets, comparison, pooled)
     if info.get("question"):
@@ -638,6 +649,7 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
         "p_maxt",
         "p_tost",
         "p_equivalent",
+        COLUMN,
         "verdict",
         "detectable",
     ]
@@ -646,6 +658,7 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
     page.table(comparison.reindex(columns=columns))
     for note in filter(None, map(design_note, comparison.to_dict("records"))):
         page.text(note)
+    page.text(bootstrap_note(comparison))
     page.text(f"Convergence and compute ({d.dataset}, epoch budget {int(d.runs.budget.max())}):")
     page.table(
         comparison.reindex(columns=["variant", "late_share", "seconds_per_epoch", "seconds_ratio"]).rename(
