@@ -75,12 +75,12 @@ def _check_entry(key, spec, earlier: dict) -> None:
             raise UserError(f"{key}.{kind} must be [low, high], {what}, got {bounds!r}")
         if bounds[0] > bounds[1]:
             raise UserError(f"{key}.{kind} must be [low, high] with low <= high, got {bounds!r}")
-        log, step = spec.get("log", False), spec.get("step")
+        log, step = spec.get("log", False), spec.get("step", 1)
         if not isinstance(log, bool):
             raise UserError(f"{key}.log must be true or false, got {log!r}")
-        if step is not None and not (_is_number(step, kind) and step > 0):
+        if not (_is_number(step, kind) and step > 0):
             raise UserError(f"{key}.step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
-        if step is not None and log:
+        if "step" in spec and log:
             raise UserError(f"{key}: step and log do not go together (a log scale has no even steps); drop one")
         if log and bounds[0] <= 0:
             raise UserError(f"{key} is log-scaled, so its low bound must be > 0, got {bounds[0]}")
