@@ -62,22 +62,24 @@ def sqlite_path(url: str) -> Path | None:
 def check_storage(url: str) -> None:
     """Refuse, before anything is created, a storage URL no study can live in: no URL at all, SQLite in
     memory (each worker and each resume would see an empty database), or a SQLite file whose folder is not there."""
-    if "://" not in url:
+    try:
+        parsed = make_url(url) if "://" in url else None
+    except ArgumentError:
+        parsed = None
+    if parsed is None:
         raise UserError(
             f"storage {hide_password(url)!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
         )
-    path = sqlite_path(url)
-    if url.startswith("sqlite") and (path is None or str(path) in ("", ":memory:") or "mode=memory" in url):
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
         raise UserError(
             f"storage {url} keeps no file: a study must outlive the command (resume, workers, report); "
             "use sqlite:///file.db"
         )
-    if path is None:
-        return
+    path = Path(parsed.database)
     if path.is_dir():
-        raise UserError(
-            f"storage {url}: {path} is a folder, not a SQLite file; name a file, e.g. sqlite:///{path}/ggt-search.db"
-        )
+        raise UserError(f"storage {url}: {path} is a folder, not a SQLite file; name a file, e.g. {path}/study.db")
     if not path.parent.is_dir():
         raise UserError(
             f"storage {url}: folder {path.parent} does not exist (or is a file); create it, or choose another --storage"

@@ -36,7 +36,7 @@ class TableSource(DatasetSource):
         Flag(
             "--smiles-column",
             "smiles_column",
-            "the table's SMILES column (default: 'smiles', or the MoleculeNet table's own)",
+            "your table's SMILES column (default: 'smiles', any case)",
         ),
         Flag("--targets", "target_columns", "comma-separated target columns (default: all others)", type=column_list),
         Flag(
