@@ -390,7 +390,10 @@ def test_a_report_out_that_is_a_file_is_refused(work, capsys):
 
 # ----------------------------------------------------------------------------- property-based tests
 
-FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Few examples (the CI budget), and no example database (nothing written beside the tests).
+FEW = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 VALUES = st.one_of(
     st.none(),
     st.booleans(),
@@ -456,6 +459,10 @@ def test_any_space_entry_is_refused_by_name_or_sampled_within_it(spec):
     except UserError as error:
         assert "model.layers" in str(error) and "\n" not in str(error)
         return
+    if isinstance(spec, dict):  # accepted: every option has the type the format documents
+        assert isinstance(spec.get("log", False), bool)
+        assert type(spec.get("step", 1)) is int and spec.get("step", 1) > 0 and not ("step" in spec and spec.get("log"))
+        assert all(type(v) is str for v in (spec.get("when") or {}).get("model.conv", []))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
