@@ -552,3 +552,32 @@ def test_any_numeric_flag_is_refused_by_name_or_reaches_the_search_as_written(fl
     if value is None:
         value = getattr(settings_.base.train, name)
     assert value == (float(text) if isinstance(value, float) else int(text))
+
+
+PARSER = cli.build_parser()
+OTHER_NUMERIC_FLAGS = [
+    (["data", "build", "nci-tpsa"], "--pe-dim"),
+    (["dashboard"], "--port"),
+    (["pretrain", "--corpus", "c.csv", "--out", "o"], "--mask-rate"),
+    (["pretrain", "--corpus", "c.csv", "--out", "o"], "--max-molecules"),
+    (["bench"], "--concurrent"),
+    (["bench"], "--max-graphs"),
+    (["bench"], "--repeats"),
+    (["ablate", "a.yaml"], "--epochs"),
+    (["evaluate"], "--workers"),
+]
+
+
+@FEW
+@given(command=st.sampled_from(OTHER_NUMERIC_FLAGS), text=NUMBERS)
+def test_any_other_numeric_flag_is_refused_by_name_or_read_as_written(command, text, capsys):
+    """Every other command's numeric flags: refused by argparse in one line naming the flag, or read as the number."""
+    words, flag = command
+    try:
+        args = PARSER.parse_args([*words, f"{flag}={text}"])
+    except SystemExit as stop:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.code == 2 and len(err) == 1 and f"argument {flag}" in err[0], err
+        return
+    value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    assert value == (float(text) if isinstance(value, float) else int(text))
