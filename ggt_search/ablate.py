@@ -42,8 +42,8 @@ from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
 from ggt_search.record import StudyRecord, TrialRecord
-from ggt_search.storage import artifact_dir, create_or_load_study, load_existing_study, open_storage
-from ggt_search.train import Predictions, Trainer, code_sha256
+from ggt_search.storage import artifact_dir, check_storage, create_or_load_study, load_existing_study, open_storage
+from ggt_search.train import Predictions, Trainer, code_sha256, training_device
 from ggt_search.trials import (
     SurplusTrial,
     fail_stale_trials,
@@ -161,6 +161,15 @@ def load_ablation(
         )
     if "dataset" in values and "datasets" in values:
         raise UserError(f"{path}: give 'dataset' (one) or 'datasets' (a list), not both")
+    for key in ("idea", "question"):
+        if not isinstance(values.get(key, ""), str):
+            raise UserError(f"{path}: '{key}' must be a sentence (a string), got {values[key]!r}")
+    if not isinstance(values["baseline"], dict):
+        raise UserError(
+            f"{path}: 'baseline' must be a mapping of model: and train: settings, got {values['baseline']!r}"
+        )
+    if not isinstance(values["variants"], dict):
+        raise UserError(f"{path}: 'variants' must be a mapping of names to config changes, got {values['variants']!r}")
     if not datasets and not dataset:
         datasets = values.get("datasets") or [values.get("dataset") or "nci-tpsa"]
         if not isinstance(datasets, list):
@@ -168,6 +177,8 @@ def load_ablation(
         datasets = [_dataset_from_file(d, path.parent) for d in datasets]
     datasets = datasets or [dataset]
     base = _init_from_file(dict(values["baseline"]), path.parent)  # {} is the default model, said on purpose
+    if "seed" in (base.get("train") or {}):
+        raise UserError(f"{path}: baseline sets train.seed, but every run's seed comes from 'seeds'; drop it")
     epochs = epochs if epochs is not None else values.get("epochs")
     if epochs is not None:
         base["train"] = {**(base.get("train") or {}), "epochs": epochs}
@@ -181,29 +192,39 @@ def load_ablation(
         if name == BASELINE:
             raise UserError(f"{path}: '{BASELINE}' is reserved for the baseline; rename that variant")
         change = change or {}
-        if set(change) - {"model", "train"}:
-            raise UserError(f"{path}: variant {name!r} may change only 'model' and 'train'")
+        if not isinstance(change, dict) or set(change) - {"model", "train"}:
+            raise UserError(f"{path}: variant {name!r} may change only 'model' and 'train', got {change!r}")
+        for section, settings in change.items():
+            if not isinstance(settings, dict | None):
+                raise UserError(f"{path}: variant {name!r}: {section} must be a mapping of fields, got {settings!r}")
+        if "seed" in (change.get("train") or {}):
+            raise UserError(
+                f"{path}: variant {name!r} sets train.seed, but each run's seed comes from 'seeds'; drop it"
+            )
         change = _init_from_file(change, path.parent)
         try:
-            base_config.with_overrides(model=change.get("model"), train=change.get("train"))
+            changed = base_config.with_overrides(model=change.get("model"), train=change.get("train"))
         except UserError as error:
             raise UserError(f"{path}: variant {name!r}: {error}") from None
+        if changed == base_config:
+            raise UserError(
+                f"{path}: variant {name!r} trains the baseline's config (it changes nothing); "
+                "change something or drop it"
+            )
         variants[str(name)] = change
     effect = values.get("effect")
     if effect is not None and not (isinstance(effect, int | float) and not isinstance(effect, bool) and effect > 0):
         raise UserError(f"{path}: 'effect' must be a positive number (the difference worth detecting), got {effect!r}")
     split_seeds = values.get("split_seeds")
     if split_seeds is not None:
-        split_seeds = parse_seeds(
-            str(split_seeds) if not isinstance(split_seeds, list) else ",".join(map(str, split_seeds))
-        )
+        split_seeds = file_seeds(path, "split_seeds", split_seeds)
     return Ablation(
         path.stem,
         values.get("idea", path.stem),
         values.get("question", ""),
         base_config,
         variants,
-        parse_seeds(str(seeds or values.get("seeds", "0-4"))),
+        parse_seeds(seeds) if seeds is not None else file_seeds(path, "seeds", values.get("seeds", "0-4")),
         [c.dataset for c in configs],
         effect,
         split_seeds,
@@ -241,6 +262,18 @@ def _init_from_file(change: dict, folder: Path) -> dict:
     return change
 
 
+def file_seeds(path: Path, key: str, value) -> list[int]:
+    """A file's seed list: `0-4`, `0,2`, a single seed, or a YAML list of seeds."""
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        value = ",".join(map(str, value))
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UserError(f"{path}: '{key}' must be a seed list such as 0-4, 0,2 or [0, 2], got {value!r}")
+    try:
+        return parse_seeds(str(value))
+    except UserError as error:
+        raise UserError(f"{path}: '{key}': {error}") from None
+
+
 def tuned_learning_rates(path: Path, tune, variants: dict[str, dict]) -> list[float] | None:
     """The learning rates `tune: {lr: [...]}` asks for (None without `tune`), checked."""
     if tune is None:
@@ -276,7 +309,14 @@ class AblationSettings:
 
 
 def run_ablation(settings: AblationSettings) -> list[optuna.Study]:
-    """Run (or resume) the ablation on each of its datasets, one study each; returns the studies."""
+    """Run (or resume) the ablation on each of its datasets, one study each; returns the studies.
+    Every dataset is built (or read from the cache) first: a bad one is refused before any training."""
+    check_storage(settings.storage)
+    ablation = settings.ablation
+    for variant in [BASELINE, *ablation.variants]:
+        training_device(ablation.config(variant, ablation.seeds[0]).train)  # a device this machine has
+    for dataset in ablation.datasets:
+        load_dataset(dataset)
     return [run_on_dataset(settings, dataset) for dataset in settings.ablation.datasets]
 
 

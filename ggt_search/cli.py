@@ -622,11 +622,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Every folder and storage the user named, checked once, before the command makes anything."""
+    from ggt_search.files import check_folder
+
+    for flag in ("out", "artifacts"):
+        if getattr(args, flag, None) is not None:
+            check_folder(getattr(args, flag), f"--{flag}")
+    if getattr(args, "storage", None) is not None:
+        from ggt_search.storage import check_storage
+
+        check_storage(args.storage)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "name", None) is not None and args.command == "data":
         args.dataset = args.name
     try:
+        check_paths(args)
         args.func(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

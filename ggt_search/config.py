@@ -126,8 +126,13 @@ class DatasetSpec:
 
     def __post_init__(self):
         check_fields(self, "dataset")
+        check_at_least(self, "dataset", {"split_seed": 0})
         if self.target_columns is not None:  # YAML gives a list; a tuple keeps the spec hashable
             object.__setattr__(self, "target_columns", tuple(self.target_columns))
+            repeated = sorted({c for c in self.target_columns if self.target_columns.count(c) > 1})
+            if not self.target_columns or repeated:
+                problem = f"names {repeated} twice" if repeated else "is empty"
+                raise UserError(f"dataset.target_columns {problem}; name each target column once (or leave it out)")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
@@ -270,12 +275,27 @@ def config_difference(
     return None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
     """The mapping a YAML file holds (an empty file is {}); any problem is one UserError line."""
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise UserError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict | None):

@@ -9,8 +9,10 @@ process never leaves a half-written file under the real name, nor the temporary 
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,28 @@ def file_faults(path: Path | str) -> Iterator[None]:
         if user_error is None:
             raise
         raise user_error from None
+
+
+@contextmanager
+def reading(path: Path | str) -> Iterator[None]:
+    """Reading `path`: a damaged or truncated .gz, or a file that may not be read, said in one line."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise UserError(f"cannot read {path}: damaged or truncated compressed file ({error}); get it again") from None
+    except PermissionError:
+        raise UserError(f"cannot read {path}: permission denied") from None
+
+
+def check_folder(path: Path | str, what: str) -> None:
+    """Refuse, before anything is made, a folder's path that a file is in the way of (at it or at a parent)."""
+    path = Path(path)
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "" if place == path else f" ({place} is a file)"
+                raise UserError(f"{what} {path} must be a folder, but a file is in the way{where}; choose another")
+            return
 
 
 def make_folder(path: Path | str) -> Path:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -21,26 +23,24 @@ from ggt_search.config import RunConfig, config_difference
 from ggt_search.errors import UserError
 from ggt_search.files import file_faults, make_folder, write_text
 from ggt_search.metrics import TRIVIAL
-from ggt_search.train import Trainer, environment, resolve_device
+from ggt_search.train import Trainer, environment, resolve_device, training_device
 from ggt_search.workers import run_workers
 
 
 def parse_seeds(text: str) -> list[int]:
     """'0-9' -> [0..9]; '0,3,5' -> [0, 3, 5]; '4' -> [4]."""
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.partition("-")
-            seeds += range(int(low), int(high or low) + 1)
-    except ValueError:
-        raise UserError(f"bad seed list {text!r}; write e.g. 0-9 or 0,1,2") from None
-    if not seeds:
-        raise UserError(f"seed list {text!r} is empty")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise UserError(f"bad seed list {text!r}; write e.g. 0-9 or 0,1,2 (seeds are 0, 1, 2, ...)")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise UserError(f"bad seed range {part.strip()!r} in {text!r}; write low-high, e.g. 0-9")
+        seeds += range(low, high + 1)
+    repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
     if repeated:
         raise UserError(f"seed list {text!r} names seed(s) {repeated} more than once; each seed is one run")
-    if min(seeds) < 0:
-        raise UserError(f"seed list {text!r} has a negative seed; seeds are 0, 1, 2, ...")
     return seeds
 
 
@@ -53,6 +53,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int = 1) -> dict:
     """Train `config` once per seed (in `workers` processes sharing the device), then summarise.
     One evaluation at a time per folder: a second one on the same `out` is refused."""
+    training_device(config.train)  # a device this machine has, before any folder is made
     with folder_lock(make_folder(out)):
         todo = []
         for seed in seeds:

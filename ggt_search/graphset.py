@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ggt_search.files import file_sha256, save_tensors, write_text
+from ggt_search.files import check_folder, file_sha256, save_tensors, write_text
 from ggt_search.indexing import counts_to_ptr, ptr_to_counts, ranges
 from ggt_search.molecules import CYCLE_LENGTHS, MolGraph, cycle_counts, parallel_map
 from ggt_search.positional import laplacian_pe
@@ -197,7 +197,9 @@ class GraphSet:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("GGT_SEARCH_CACHE", Path.home() / ".cache" / "ggt-search"))
+    root = Path(os.environ.get("GGT_SEARCH_CACHE", Path.home() / ".cache" / "ggt-search"))
+    check_folder(root, "the dataset cache (GGT_SEARCH_CACHE)")
+    return root
 
 
 def save_verified(obj, path: Path) -> None:

@@ -32,7 +32,7 @@ from ggt_search.config import DatasetSpec, RunConfig
 from ggt_search.datasets import held_out_smiles, load_corpus
 from ggt_search.model import GatedGraphTransformer, training_cycle_maxima
 from ggt_search.steps import make_step, train_steps
-from ggt_search.train import resolve_device
+from ggt_search.train import training_device
 
 ELEMENTS = get_atom_feature_dims()[0]  # OGB's first atom feature: the element (atomic number - 1, or "misc")
 BOND_TYPES = get_bond_feature_dims()[0]  # OGB's first bond feature: single, double, triple, aromatic, misc
@@ -108,6 +108,7 @@ def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch
 
 def pretrain(settings: PretrainSettings) -> dict:
     cfg = settings.config
+    device = training_device(cfg.train)  # before the corpus is read: a device this machine has
     exclude = set().union(*(held_out_smiles(spec) for spec in settings.downstream))
     corpus, removed = load_corpus(settings.corpus, settings.smiles_column, settings.max_molecules, exclude)
     names = ", ".join(spec.name for spec in settings.downstream)
@@ -115,7 +116,6 @@ def pretrain(settings: PretrainSettings) -> dict:
         print(
             f"leakage guard: removed {removed} corpus molecule(s) that are in the validation or test split of {names}"
         )
-    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
     cycle_maxima = training_cycle_maxima(corpus) if cfg.model.substructures else None

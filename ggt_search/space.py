@@ -6,6 +6,7 @@ RunConfig: every sampled value lands on the config field the key names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,7 @@ import optuna
 
 from ggt_search.config import ModelConfig, RunConfig, TrainConfig, read_yaml_mapping
 from ggt_search.errors import UserError
+from ggt_search.train import training_device
 
 SECTIONS = {"model": {f.name for f in fields(ModelConfig)}, "train": {f.name for f in fields(TrainConfig)}}
 KINDS = ("choices", "int", "float")
@@ -24,57 +26,101 @@ def packaged_space(name: str) -> Path:
 
 
 def load_space(path: str | Path | None = None) -> dict:
-    """A space file, or a packaged space by name (`default`, `quick`)."""
+    """A space file, or a packaged space by name (`default`, `quick`), checked entry by entry."""
     path = Path(path or "default")
     if not path.exists() and packaged_space(str(path)).exists():
         path = packaged_space(str(path))
     space = read_yaml_mapping(path, "search space", "of <section>.<field> keys")
     if not space:
         raise UserError(f"search space {path} is empty; it must be a mapping of <section>.<field> keys")
-    seen = []
-    for key, spec in space.items():
-        _check_entry(path, key, spec, seen)
-        seen.append(key)
+    for position, (key, spec) in enumerate(space.items()):
+        try:
+            _check_entry(key, spec, dict(list(space.items())[:position]))
+        except UserError as error:
+            raise UserError(f"search space {path}: {error}") from None
     return space
 
 
-def _check_entry(path: Path, key: str, spec, earlier: list[str]) -> None:
+def _is_number(value, kind: str) -> bool:
+    """An int (kind "int") or a finite int or float (kind "float"); never a bool."""
+    number = int if kind == "int" else int | float
+    return isinstance(value, number) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_entry(key, spec, earlier: dict) -> None:
+    """One entry of a space: its key names a config field, its spec is a value or one well-formed range."""
     section, _, name = str(key).partition(".")
-    if section not in SECTIONS or name not in SECTIONS[section]:
-        raise UserError(
-            f"search space {path}: unknown key {key!r}; use model.<field> or train.<field> of the run config"
-        )
+    if not isinstance(key, str) or section not in SECTIONS or name not in SECTIONS[section]:
+        what = f"key {key!r} is not a string" if not isinstance(key, str) else f"unknown key {key!r}"
+        raise UserError(f"{what}; use model.<field> or train.<field> of the run config")
     if not isinstance(spec, dict):
-        return  # a fixed value
+        return  # a fixed value: check_space runs it through the config's checks
     kinds = [k for k in KINDS if k in spec]
     if len(kinds) != 1:
-        raise UserError(f"search space {path}: {key} needs exactly one of choices / int / float")
+        raise UserError(f"{key} needs exactly one of choices / int / float")
     unknown = set(spec) - {*KINDS, "log", "step", "when"}
     if unknown:
-        raise UserError(f"search space {path}: {key} has unknown option(s) {sorted(unknown)}")
-    bounds = spec[kinds[0]]
-    if kinds[0] == "choices" and (not isinstance(bounds, list) or not bounds):
-        raise UserError(f"search space {path}: {key}.choices must be a non-empty list")
-    if kinds[0] in ("int", "float"):
-        number = int if kinds[0] == "int" else (int, float)
-        numbers = isinstance(bounds, list) and all(
-            isinstance(v, number) and not isinstance(v, bool) for v in [*bounds, spec.get("step", 1)]
-        )
-        if not numbers or len(bounds) != 2 or bounds[0] > bounds[1]:
-            what = "integers" if kinds[0] == "int" else "numbers"
-            raise UserError(
-                f"search space {path}: {key}.{kinds[0]} must be [low, high], {what} with low <= high, got {bounds!r}"
-            )
-        if spec.get("log") and bounds[0] <= 0:
-            raise UserError(f"search space {path}: {key} is log-scaled, so its low bound must be > 0, got {bounds[0]}")
-    for condition in spec.get("when") or {}:
+        raise UserError(f"{key} has unknown option(s) {sorted(unknown)}; options are log, step, when")
+    kind, bounds = kinds[0], spec[kinds[0]]
+    if kind == "choices":
+        if not isinstance(bounds, list) or not bounds:
+            raise UserError(f"{key}.choices must be a non-empty list")
+        if {"log", "step"} & set(spec):
+            raise UserError(f"{key}: log and step are options of int and float ranges, not of choices")
+        if len({(type(v), v) for v in bounds}) != len(bounds):
+            raise UserError(f"{key}.choices {bounds!r} lists a value twice")
+    else:
+        what = "integers" if kind == "int" else "finite numbers"
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(v, kind) for v in bounds)):
+            raise UserError(f"{key}.{kind} must be [low, high], {what}, got {bounds!r}")
+        if bounds[0] > bounds[1]:
+            raise UserError(f"{key}.{kind} must be [low, high] with low <= high, got {bounds!r}")
+        log, step = spec.get("log", False), spec.get("step", 1)
+        if not isinstance(log, bool):
+            raise UserError(f"{key}.log must be true or false, got {log!r}")
+        if not (_is_number(step, kind) and step > 0):
+            raise UserError(f"{key}.step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+        if "step" in spec and log:
+            raise UserError(f"{key}: step and log do not go together (a log scale has no even steps); drop one")
+        if log and bounds[0] <= 0:
+            raise UserError(f"{key} is log-scaled, so its low bound must be > 0, got {bounds[0]}")
+    _check_when(key, spec.get("when"), earlier)
+
+
+def _check_when(key: str, when, earlier: dict) -> None:
+    """`when: {earlier key: [values]}`: each value one the earlier key can take (so the condition can hold)."""
+    if when is None:
+        return
+    if not isinstance(when, dict) or not when:
+        raise UserError(f"{key}.when must be a mapping {{earlier key: [values]}}, got {when!r}")
+    for condition, allowed in when.items():
         if condition not in earlier:
-            raise UserError(f"search space {path}: {key}.when refers to {condition!r}, which is not an earlier key")
+            raise UserError(f"{key}.when refers to {condition!r}, which is not an earlier key")
+        if not isinstance(allowed, list) or not allowed:
+            raise UserError(f"{key}.when.{condition} must be a list of values, e.g. [{allowed!r}], got {allowed!r}")
+        source = earlier[condition]
+        if isinstance(source, dict) and "float" in source:
+            raise UserError(f"{key}.when.{condition}: {condition} is a float range; condition on a choice or int key")
+        never = [v for v in allowed if not takes(source, v)]
+        if never:
+            raise UserError(f"{key}.when.{condition} lists {never!r}, which {condition} ({source!r}) never takes")
+
+
+def takes(spec, value) -> bool:
+    """Whether an entry (fixed value, choices or int range) can take `value`: equal, and of the same type."""
+    if not isinstance(spec, dict):
+        return type(value) is type(spec) and value == spec
+    if "choices" in spec:
+        return any(type(value) is type(c) and value == c for c in spec["choices"])
+    low, high = spec["int"]
+    step = 1 if spec.get("log") else spec.get("step", 1)
+    return _is_number(value, "int") and low <= value <= high and (value - low) % step == 0
 
 
 def check_space(space: dict, base: RunConfig, path) -> None:
-    """Every value a trial could draw passes the config's own checks: a bad value is an error
-    now, before a study exists, not a failed trial later."""
+    """Every value a trial could draw passes the config's own checks and trains on this machine (a
+    device it has, a precision it runs): a bad value is an error now, before a study exists, not a
+    failed trial later."""
     where = f"search space {path or 'default'}"
     for key, spec in space.items():
         if not isinstance(spec, dict):
@@ -86,7 +132,7 @@ def check_space(space: dict, base: RunConfig, path) -> None:
         section, _, name = key.partition(".")
         for value in candidates:
             try:
-                base.with_overrides(**{section: {name: value}})
+                training_device(base.with_overrides(**{section: {name: value}}).train)  # one this machine has
             except UserError as error:
                 raise UserError(f"{where}: {key} value {value!r}: {error}") from None
 
@@ -105,7 +151,9 @@ def suggest(trial: optuna.Trial, space: dict, base: RunConfig) -> RunConfig:
         elif "int" in spec:
             chosen[key] = trial.suggest_int(key, *spec["int"], step=spec.get("step", 1), log=spec.get("log", False))
         else:
-            chosen[key] = trial.suggest_float(key, *map(float, spec["float"]), log=spec.get("log", False))
+            chosen[key] = trial.suggest_float(
+                key, *map(float, spec["float"]), step=spec.get("step"), log=spec.get("log", False)
+            )
     overrides = {"model": {}, "train": {}}
     for key, value in chosen.items():
         section, _, name = key.partition(".")

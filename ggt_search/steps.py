@@ -32,6 +32,11 @@ Loss = Callable[[Callable, object], torch.Tensor]  # loss(forward, batch): a sca
 
 
 def check_device(train: TrainConfig, device: torch.device) -> None:
+    if train.precision != "fp32" and device.type != "cuda":
+        raise UserError(
+            f"train.precision {train.precision} needs a CUDA device (its autocast is CUDA-only), not {device}; "
+            "use --precision fp32 (or train.precision: fp32)"
+        )
     if train.cuda_graphs and device.type != "cuda":
         raise UserError(
             f"train.cuda_graphs needs a CUDA device, not {device}; drop --cuda-graphs (or set train.cuda_graphs: false)"
@@ -39,7 +44,7 @@ def check_device(train: TrainConfig, device: torch.device) -> None:
 
 
 def autocast(train: TrainConfig, device: torch.device):
-    """train.precision's autocast (CUDA only; fp32 and CPU run as they are)."""
+    """train.precision's autocast (CUDA only: `check_device` refuses bf16 and fp16 elsewhere)."""
     if train.precision == "fp32" or device.type != "cuda":
         return nullcontext()
     # A captured graph must not depend on autocast's cache of cast weights.

@@ -59,6 +59,33 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+def check_storage(url: str) -> None:
+    """Refuse, before anything is created, a storage URL no study can live in: no URL at all, SQLite in
+    memory (each worker and each resume would see an empty database), or a SQLite file whose folder is not there."""
+    try:
+        parsed = make_url(url) if "://" in url else None
+    except ArgumentError:
+        parsed = None
+    if parsed is None:
+        raise UserError(
+            f"storage {hide_password(url)!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
+        )
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+        raise UserError(
+            f"storage {url} keeps no file: a study must outlive the command (resume, workers, report); "
+            "use sqlite:///file.db"
+        )
+    path = Path(parsed.database)
+    if path.is_dir():
+        raise UserError(f"storage {url}: {path} is a folder, not a SQLite file; name a file, e.g. {path}/study.db")
+    if not path.parent.is_dir():
+        raise UserError(
+            f"storage {url}: folder {path.parent} does not exist (or is a file); create it, or choose another --storage"
+        )
+
+
 def artifact_dir(url: str, artifacts: str | None = None) -> Path:
     """The artifact store's folder (a '
     'search's best weights): `artifacts`, else beside the SQLite file, else ./artifacts."""
@@ -99,10 +126,7 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
     heartbeat: seconds between a running trial's heartbeats; a trial silent for MISSED_BEATS
     of them is stale, and failing it queues a retry with the same parameters (twice at most).
     """
-    if "://" not in url:
-        raise UserError(
-            f"storage {hide_password(url)!r} is not a database URL; use sqlite:///file.db or postgresql+psycopg2://user@host/db"
-        )
+    check_storage(url)
     if must_exist and sqlite_path(url) is not None and not sqlite_path(url).is_file():
         raise UserError(f"no study storage at {url} (no file {sqlite_path(url)}); check --storage")
     kwargs = {}

@@ -13,6 +13,7 @@ and retrain its best trials on fresh seeds to confirm the winner (`confirm`).
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ from ggt_search.space import check_space, grid, load_space, suggest
 from ggt_search.storage import (
     AtomicArtifactStore,
     artifact_dir,
+    check_storage,
     create_or_load_study,
     hide_password,
     load_existing_study,
     open_storage,
 )
+from ggt_search.train import training_device
 from ggt_search.trials import FINISHED, SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
 from ggt_search.workers import run_workers
 
@@ -65,6 +68,13 @@ class SearchSettings:
     confirm_seeds: int = 5  # the fresh seeds of that confirmation
 
     def __post_init__(self):
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.trials is not None and self.workers > self.trials:
+            raise UserError(
+                f"--workers {self.workers} is more than --trials {self.trials}: each worker trains one trial at a "
+                "time; pass at most as many workers as trials"
+            )
         if self.sampler == "controlled" and self.pruner not in (None, "none"):
             raise UserError(
                 f"--sampler controlled ranks choices trained to the end; --pruner {self.pruner} would stop some early. "
@@ -342,6 +352,8 @@ def run_worker(job: tuple[SearchSettings, dict, GraphSet | None], worker: int = 
 
 def search(settings: SearchSettings) -> optuna.Study:
     """Run (or resume) a study with settings.workers local processes; returns the study."""
+    check_storage(settings.storage)
+    training_device(settings.base.train)  # the base config's device and precision; check_space the space's
     space = load_space(settings.space_file)
     check_space(space, settings.base, settings.space_file)  # every value of the space, before any study exists
     if settings.sampler == "grid":

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ggt_search.batching import DeviceGraphs
-from ggt_search.config import RunConfig
+from ggt_search.config import RunConfig, TrainConfig
 from ggt_search.datasets import GraphSet, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.files import make_folder, save_tensors, write_text
@@ -89,9 +89,23 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but this torch has no CUDA device; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use cuda:0 .. cuda:N-1, or auto"
+        )
+    return device
+
+
+def training_device(train: TrainConfig) -> torch.device:
+    """The device a run of these settings trains on; refused when this machine lacks it, or cannot run
+    the settings there (bf16 or CUDA graphs on a CPU)."""
+    device = resolve_device(train.device)
+    check_device(train, device)
+    return device
 
 
 def environment(device: torch.device) -> dict:
@@ -164,8 +178,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, graphs: GraphSet | None = None):
         self.config = config
-        self.device = resolve_device(config.train.device)
-        check_device(config.train, self.device)
+        self.device = training_device(config.train)
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
         self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim, config.model.substructures)
         # Regression targets are standardised with training-split statistics (the model

@@ -125,7 +125,7 @@ def test_train_and_evaluate_with_a_diverging_lr_say_so_in_one_line(tmp_path, bbb
 def test_an_out_whose_parent_is_a_file_is_one_line(tmp_path, bbbp_csv, capsys):  # noqa: F811
     (tmp_path / "file").write_text("")
     assert cli.main(["train", "--dataset", str(bbbp_csv), *TINY, "--out", str(tmp_path / "file" / "run")]) == 2
-    assert "a parent of it is a file" in one_error_line(capsys)
+    assert "must be a folder, but a file is in the way" in one_error_line(capsys)  # refused before training
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

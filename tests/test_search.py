@@ -101,19 +101,21 @@ def test_the_best_trial_goes_to_a_multi_seed_evaluation(tmp_path, bbbp_csv, spac
 
 def test_failing_and_diverging_candidates_are_recorded_and_the_study_goes_on(tmp_path, bbbp_csv):
     space = tmp_path / "faulty.yaml"
+    damaged = tmp_path / "damaged.pt"  # a checkpoint only reading it shows to be none: the trial's to find
+    damaged.write_bytes(b"not a checkpoint")
     space.write_text(
-        "train.device: {choices: [cpu, 'cuda:7']}\ntrain.lr: {choices: [1.0e-3, 1.0e+9]}\n"
+        f"train.init: {{choices: [null, '{damaged}']}}\ntrain.lr: {{choices: [1.0e-3, 1.0e+9]}}\n"
         "model.hidden: 8\nmodel.layers: 1\n"
     )
     study = search(settings(tmp_path, bbbp_csv, space, sampler="grid", trials=4, pruner="none"))
-    by_params = {(t.params["train.device"], t.params["train.lr"]): t for t in study.trials}
+    by_params = {(t.params["train.init"], t.params["train.lr"]): t for t in study.trials}
     assert len(by_params) == 4
-    assert by_params[("cpu", 1e-3)].state == TrialState.COMPLETE
-    diverged = by_params[("cpu", 1e9)]
+    assert by_params[(None, 1e-3)].state == TrialState.COMPLETE
+    diverged = by_params[(None, 1e9)]
     assert diverged.state == TrialState.PRUNED and "training loss is" in diverged.user_attrs["reason"]
     for lr in (1e-3, 1e9):
-        failed = by_params[("cuda:7", lr)]
-        assert failed.state == TrialState.FAIL and "CUDA" in failed.user_attrs["reason"]
+        failed = by_params[(str(damaged), lr)]
+        assert failed.state == TrialState.FAIL and "as a checkpoint" in failed.user_attrs["reason"]
 
 
 def test_a_controlled_design_varies_one_dimension_per_group_and_the_report_ranks_it(tmp_path, bbbp_csv, space):

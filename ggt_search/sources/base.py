@@ -73,6 +73,7 @@ class DatasetSource(Source):
 
     names: ClassVar[tuple[str, ...]] = ()  # the dataset names it answers to, listed when a name is unknown
     flags: ClassVar[tuple[Flag, ...]] = ()  # the DatasetSpec fields it reads beyond the name, as CLI flags
+    what: ClassVar[str] = ""  # what kind of dataset it is, for the message that refuses a flag it does not read
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ggt_search.errors import UserError
+from ggt_search.files import reading
 from ggt_search.sources.base import Source
 
 if TYPE_CHECKING:
@@ -43,18 +44,20 @@ class Corpus(Source):
         from ggt_search.molecules import canonical_smiles, featurize, parallel_map
 
         try:
-            header = pd.read_csv(path, nrows=0).columns
+            with reading(path):
+                header = pd.read_csv(path, nrows=0).columns
             column = self.smiles_column or next(c for c in header if str(c).lower() == "smiles")
             reader = pd.read_csv(path, usecols=[column], nrows=self.max_molecules, chunksize=self.chunk)
         except (StopIteration, ValueError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
             raise UserError(f"{path} has no SMILES column of that name; name it with --smiles-column") from None
         molecules, self.excluded = [], 0
-        for frame in tqdm(reader, desc=f"featurizing {path.name}", unit="chunk", disable=not sys.stderr.isatty()):
-            smiles = frame[column].astype(str).tolist()
-            canonical = parallel_map(canonical_smiles, smiles)
-            keep = [s for s, c in zip(smiles, canonical, strict=True) if c is not None and c not in self.exclude]
-            self.excluded += sum(1 for c in canonical if c is not None and c in self.exclude)
-            molecules += [g for g in parallel_map(featurize, keep) if g is not None]
+        with reading(path):
+            for frame in tqdm(reader, desc=f"featurizing {path.name}", unit="chunk", disable=not sys.stderr.isatty()):
+                smiles = frame[column].astype(str).tolist()
+                canonical = parallel_map(canonical_smiles, smiles)
+                keep = [s for s, c in zip(smiles, canonical, strict=True) if c is not None and c not in self.exclude]
+                self.excluded += sum(1 for c in canonical if c is not None and c in self.exclude)
+                molecules += [g for g in parallel_map(featurize, keep) if g is not None]
         if not molecules:
             raise UserError(f"no molecule of {path} could be parsed; check the SMILES column")
         return GraphSet.from_molecules(

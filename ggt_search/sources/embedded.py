@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class Embedded(TableSource):
     names = (EMBEDDED,)
+    what = "the embedded set (shipped inside RDKit, read from no file)"
 
     @classmethod
     def claims(cls, spec: DatasetSpec) -> bool:

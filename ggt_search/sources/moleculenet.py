@@ -15,19 +15,21 @@ from ggt_search.sources.table import TableSource
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from ggt_search.config import DatasetSpec
 
 
 class MoleculeNetTable(TableSource):
     names = tuple(OGB_DATASETS)
+    what = "an OGB name (its columns and split are OGB's)"
     flags = (
         Flag(
             "--source",
             "source",
             "build an OGB name offline from this MoleculeNet table (file, or the folder holding it)",
         ),
-        *TableSource.flags,
+        *(flag for flag in TableSource.flags if flag.field == "invalid_smiles"),
     )
 
     def __init__(self, spec: DatasetSpec):
@@ -55,6 +57,23 @@ class MoleculeNetTable(TableSource):
                 f"({table or 'a CSV file'})"
             )
         return source
+
+    def frame(self, path: Path) -> pd.DataFrame:
+        """The table, refused unless its columns are those of the name's MoleculeNet table: another
+        table would be built, silently, into a dataset of this name."""
+        frame = super().frame(path)
+        smiles = self.ogb.smiles_column
+        labels = [c for c in frame.columns if str(c).lower() != smiles.lower()]
+        expected = self.ogb.targets
+        if len(labels) == len(frame.columns) or (
+            not set(expected) <= set(labels) if expected else len(labels) != self.ogb.tasks
+        ):
+            wanted = f"columns {', '.join(expected)}" if expected else f"{self.ogb.tasks} label columns"
+            raise UserError(
+                f"{path} is not {self.spec.name}'s MoleculeNet table ({self.ogb.moleculenet_file}: a {smiles!r} "
+                f"column and {wanted}); its columns are {', '.join(map(str, frame.columns))}; pass that table"
+            )
+        return frame
 
     def task(self, path: Path, y: np.ndarray) -> tuple[str, str]:
         return self.ogb.task_type, self.ogb.metric

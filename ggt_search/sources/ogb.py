@@ -25,6 +25,7 @@ class OgbSet:
     moleculenet_file: str | None = None  # the MoleculeNet table it was built from (offline builds)
     smiles_column: str = "smiles"  # that table's SMILES column
     targets: tuple[str, ...] | None = None  # that table's label columns, in OGB's task order (None: all others)
+    tasks: int = 1  # OGB's number of tasks: how many label columns that table has, where `targets` names none
 
     @property
     def task_type(self) -> str:
@@ -33,16 +34,16 @@ class OgbSet:
 
 OGB_DATASETS = {
     "ogbg-molhiv": OgbSet("rocauc", "HIV.csv.gz", targets=("HIV_active",)),
-    "ogbg-molpcba": OgbSet("ap"),
-    "ogbg-molmuv": OgbSet("ap", "muv.csv.gz"),
-    "ogbg-moltox21": OgbSet("rocauc", "tox21.csv"),
-    "ogbg-moltoxcast": OgbSet("rocauc", "toxcast.csv.gz"),
+    "ogbg-molpcba": OgbSet("ap", tasks=128),
+    "ogbg-molmuv": OgbSet("ap", "muv.csv.gz", tasks=17),
+    "ogbg-moltox21": OgbSet("rocauc", "tox21.csv", tasks=12),
+    "ogbg-moltoxcast": OgbSet("rocauc", "toxcast.csv.gz", tasks=617),
     "ogbg-molbbbp": OgbSet("rocauc", "BBBP.csv", targets=("p_np",)),
     "ogbg-molbace": OgbSet("rocauc", "bace.csv", smiles_column="mol", targets=("Class",)),
     "ogbg-molclintox": OgbSet("rocauc", "clintox.csv", targets=("FDA_APPROVED", "CT_TOX")),
-    "ogbg-molsider": OgbSet("rocauc", "sider.csv"),
-    "ogbg-molesol": OgbSet("rmse", "delaney.csv"),
-    "ogbg-molfreesolv": OgbSet("rmse", "freesolv.csv"),
+    "ogbg-molsider": OgbSet("rocauc", "sider.csv", tasks=27),
+    "ogbg-molesol": OgbSet("rmse", "delaney.csv", targets=("logp",)),
+    "ogbg-molfreesolv": OgbSet("rmse", "freesolv.csv", targets=("freesolv",)),
     "ogbg-mollipo": OgbSet("rmse", "Lipophilicity.csv", targets=("exp",)),
 }
 
@@ -56,6 +57,7 @@ def ogb_set(name: str) -> OgbSet:
 
 class OgbDownload(DatasetSource):
     names = tuple(OGB_DATASETS)
+    what = "an OGB download"
 
     @classmethod
     def claims(cls, spec: DatasetSpec) -> bool:

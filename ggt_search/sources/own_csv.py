@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 class OwnCsv(TableSource):
+    what = "your own CSV"
     flags = (
         *TableSource.flags,
         Flag("--task-type", "task_type", "own CSV: override the inferred task type", choices=OPTIONS["task_type"]),

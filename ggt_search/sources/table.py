@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING
 
 from ggt_search.config import DatasetSpec, choices
 from ggt_search.errors import UserError
+from ggt_search.files import reading
 from ggt_search.sources.base import DatasetSource, Flag
 
 OPTIONS = choices(DatasetSpec)  # the dataset fields' options, from their Literal types
+# Labels beyond this size overflow float32 once squared (a regression's loss and RMSE): refused, to be rescaled.
+LARGEST_LABEL = 1e15
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +36,7 @@ class TableSource(DatasetSource):
         Flag(
             "--smiles-column",
             "smiles_column",
-            "the table's SMILES column (default: 'smiles', or the MoleculeNet table's own)",
+            "your table's SMILES column (default: 'smiles', any case)",
         ),
         Flag("--targets", "target_columns", "comma-separated target columns (default: all others)", type=column_list),
         Flag(
@@ -70,7 +73,8 @@ class TableSource(DatasetSource):
 
         spec = self.spec
         try:
-            frame = self.frame(path)
+            with reading(path):
+                frame = self.frame(path)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
             raise UserError(f"cannot read {path} as CSV: {str(error).splitlines()[0]}") from None
         default = self.default_smiles_column
@@ -95,12 +99,26 @@ class TableSource(DatasetSource):
             raise UserError(
                 f"target column(s) {bad} of {path} hold non-numeric values; choose numeric columns with --targets"
             )
+        huge = [c for c in targets if not (labels[c].dropna().abs() < LARGEST_LABEL).all()]
+        if huge:
+            raise UserError(
+                f"target column(s) {huge} of {path} hold infinite labels or labels of {LARGEST_LABEL:g} or more, "
+                "which float32 training cannot square; rescale them (or leave them out with --targets)"
+            )
         empty = [c for c in targets if labels[c].isna().all()]
         if empty:
             raise UserError(
                 f"target column(s) {empty} of {path} hold no labels at all; fill them or leave them out with --targets"
             )
-        return frame[smiles_column].astype(str), labels
+        smiles = frame[smiles_column].astype(str)
+        padded = [row + 2 for row, text in enumerate(smiles) if text != text.strip()]
+        if padded:
+            lines = ", ".join(map(str, padded[:10])) + (" ..." if len(padded) > 10 else "")
+            raise UserError(
+                f"{len(padded)} SMILES of {path} have surrounding spaces (line {lines}); strip them "
+                "(RDKit reads a SMILES only up to its first space)"
+            )
+        return smiles, labels
 
     def read(self, path: Path) -> GraphSet:
         import numpy as np
@@ -167,6 +185,12 @@ def check_split(path: Path, kind: str, y: np.ndarray, split, metric: str) -> Non
         if not labelled.any():
             held = "no molecules" if len(rows) == 0 else f"{len(rows)} molecules but no labels"
             raise UserError(f"the {kind} split of {path} leaves {name} with {held}; {fix}")
+        unlabelled = [t for t in range(y.shape[1]) if not labelled[:, t].any()]
+        if metric not in ("rocauc", "ap") and unlabelled:  # a regression scores every task: one empty is NaN
+            raise UserError(
+                f"the {kind} split of {path} leaves {name} with no labels of task(s) {unlabelled}, so {metric} is "
+                f"undefined there; {fix}, or leave those tasks out with --targets"
+            )
         if metric in ("rocauc", "ap") and name != "train":
             both = [
                 ((y[rows, t][labelled[:, t]] == 1).any() and (y[rows, t][labelled[:, t]] == 0).any())
