@@ -632,7 +632,8 @@ def check_paths(args: argparse.Namespace) -> None:
     if getattr(args, "storage", None) is not None:
         from ggt_search.storage import check_storage
 
-        check_storage(args.storage)
+        for storage in args.storage if isinstance(args.storage, list) else [args.storage]:  # report takes several
+            check_storage(storage)
 
 
 def main(argv: list[str] | None = None) -> int:

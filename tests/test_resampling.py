@@ -171,7 +171,7 @@ def test_delong_matches_the_reference_implementation():
 def test_the_note_says_where_the_t_test_and_the_bootstrap_disagree():
     comparison = pd.DataFrame(
         [
-            {"variant": "a", "testable": True, "p_t": 0.01, "p_holm": 0.03, "boot_low": -0.02, "boot_high": 0.08},
+            {"variant": "a", "testable": True, "p_t": 0.01, "verdict": "helps", "boot_low": -0.02, "boot_high": 0.08},
             {"variant": "b", "testable": True, "p_t": 0.01, "boot_low": 0.01, "boot_high": 0.08},
             {"variant": "c", "testable": True, "p_t": 0.40, "boot_low": -0.02, "boot_high": 0.08},
             {"variant": "d", "testable": False, "p_t": np.nan, "boot_low": -0.02, "boot_high": 0.08},
@@ -196,7 +196,7 @@ def test_the_report_shows_the_bootstrap_beside_the_t_test(bbbp_csv, tmp_path):  
     table = md.split("paired differences to the baseline")[1].split("\n\n", 2)[1]
     header, _, gcn = table.splitlines()
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns.index(COLUMN) == columns.index("p_holm") + 1  # beside the t-test's p-values
+    assert columns.index(COLUMN) == columns.index("p_equivalent") + 1  # beside the t-test's p-values
     cell = gcn.strip("|").split("|")[columns.index(COLUMN)].strip()
     assert cell == f"[{row['boot_low']:+.4f}, {row['boot_high']:+.4f}], p = {row['p_boot']:.3g}"
     assert f"The {COLUMN} (2000 replicates) resamples the paired seeds" in md
