@@ -55,7 +55,13 @@ def test_every_variant_and_seed_runs_once_and_resumes(ablation_storage, bbbp_csv
     assert all(t.state == optuna.trial.TrialState.COMPLETE and 0 <= t.user_attrs["test"] <= 1 for t in study.trials)
     ablation = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3")  # one more seed
     (again,) = run_ablation(AblationSettings(ablation, "conv", storage))
-    assert "3 runs to do" in capsys.readouterr().out  # only seed 3 of each variant
+    out = capsys.readouterr().out
+    assert "3 runs to do" in out  # only seed 3 of each variant
+    # one line per run: its count in the grid (each its own), which run, its scores, no search's "best"
+    lines = re.findall(r"^\[(\d+)/12\] bbbp300 (\w+) seed 3: valid rocauc [\d.]+, test [\d.]+ in \d+ s(.*)$", out, re.M)
+    assert sorted(count for count, _, _ in lines) == ["10", "11", "12"]
+    assert sorted(variant for _, variant, _ in lines) == ["baseline", "gcn", "mlp"]
+    assert [left for count, _, left in lines if count == "12"] == [""] and "best" not in out
     assert len(again.trials) == 12
 
 
