@@ -151,13 +151,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from ggt_search.final_evaluation import check_same_config
     from ggt_search.metrics import TRIVIAL
+    from ggt_search.model import count_parameters
     from ggt_search.train import Trainer
 
     config = run_config(args)
     trainer = Trainer(config)
     out = args.out or Path("runs") / f"{trainer.graphs.name}-{config.model.conv}-seed{config.train.seed}"
-    from ggt_search.model import count_parameters
+    check_same_config(out, config)
 
     print(
         f"{trainer.graphs.name}: {trainer.graphs.num_graphs} graphs; model "

@@ -114,6 +114,16 @@ def test_cli_train_end_to_end_on_a_shared_table(moleculenet, tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["metric"] == "rocauc"
     assert "best epoch 1" in capsys.readouterr().out
 
+    # another config into the same folder is refused, one line, and the run there is kept as it was
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()}
+    again = ["train", "--dataset", "ogbg-molbbbp", "--source", str(moleculenet), *TINY_FLAGS, "--epochs", "2"]
+    assert cli.main([*again, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'run'} was trained with train.epochs = 1, not 2; pass another --out, or delete that "
+        "folder to retrain\n"
+    )
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
+
 
 @pytest.mark.parametrize(
     "argv, message",
