@@ -7,8 +7,12 @@ field has exactly one flag and `--help` lists them all with their defaults.
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import json
 import sys
+import textwrap
+import tokenize
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from ggt_search.errors import UserError
 from ggt_search.files import file_error
 
 DATASET_HELP = "ogbg-mol* name, nci-tpsa (embedded, no network), or a CSV path"
+METAVARS = {int: "INT", float: "NUMBER", str: "TEXT"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,27 +80,41 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
     return values | {flag.field: getattr(args, flag.dest) for flag in dataset_flags() if hasattr(args, flag.dest)}
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each field's comment in the dataclass's source (`name: type = default  # comment`): the flag's help."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            name = token.line.strip().partition(":")[0]
+            if name.isidentifier() and token.line.strip() != token.string:
+                comments[name] = token.string.removeprefix("#").strip()
+    return comments
+
+
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """--config FILE plus one flag per model and train field; given flags override the file."""
+    """--config FILE plus one flag per model and train field, explained by the field's comment
+    in config.py; given flags override the file."""
     from ggt_search.config import ModelConfig, TrainConfig, choices
 
     parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
     add_dataset_flags(parser)
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        options = choices(cls)
-        group = parser.add_argument_group(section)
+        options, comments = choices(cls), field_comments(cls)
+        group = parser.add_argument_group(section, f"{cls.__name__}: {cls.__doc__}")
         for f in fields(cls):
             if f.name in skip:
                 continue
             default = f.default if f.default is not MISSING else None
             flag = "--" + f.name.replace("_", "-")
+            help = f"{comments[f.name]} (default {default})".replace("%", "%%")  # argparse formats help with %
             if f.type in (bool, "bool"):
                 group.add_argument(
                     flag,
                     dest=f"{section}.{f.name}",
                     action=argparse.BooleanOptionalAction,
                     default=argparse.SUPPRESS,
-                    help=f"default {default}",
+                    help=help,
                 )
             else:
                 kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
@@ -104,8 +123,9 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                     dest=f"{section}.{f.name}",
                     type=kind,
                     choices=options.get(f.name),
+                    metavar="{" + ",".join(options[f.name]) + "}" if f.name in options else METAVARS[kind],
                     default=argparse.SUPPRESS,
-                    help=f"default {default}",
+                    help=help,
                 )
 
 
@@ -372,6 +392,8 @@ def add_evaluate_command(commands) -> None:
 
 
 def add_search_command(commands) -> None:
+    from ggt_search.space import packaged_spaces
+
     search = commands.add_parser(
         "search",
         help="run or resume an Optuna architecture search",
@@ -380,7 +402,10 @@ def add_search_command(commands) -> None:
     )
     search.add_argument("--study", required=True, help="study name (re-use it to resume or add trials)")
     search.add_argument(
-        "--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)"
+        "--space",
+        default="default",
+        help="search space YAML, or a packaged space: "
+        f"{', '.join(packaged_spaces())} (quick: small models for a CPU); default: default",
     )
     search.add_argument(
         "--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)"
@@ -522,9 +547,12 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ggt_search import __version__
+
     parser = Parser(
         prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)
