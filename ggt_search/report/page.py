@@ -15,11 +15,15 @@ from matplotlib.figure import Figure
 
 from ggt_search.files import atomic_write, make_folder, write_text
 
+# The page never scrolls sideways at a laptop's width: a wide table scrolls inside its own box, long words
+# (hashes, command lines, paths) break, figures shrink to the column.
 STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}"
-    "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
-    "img{max-width:100%}"
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+    "overflow-wrap:anywhere}"
+    "table{border-collapse:collapse;margin:1em 0;display:block;max-width:100%;overflow-x:auto}"
+    "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right;overflow-wrap:normal}"
+    "td:first-child{white-space:nowrap}"
+    "img{max-width:100%;height:auto}"
     "pre{background:#f5f5f5;padding:1em;overflow-x:auto}"
 )
 
