@@ -213,6 +213,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
+    from ggt_search.dashboard import save_report_notes
     from ggt_search.study import SearchSettings, search
 
     if args.trials is None and args.timeout is None:
@@ -231,7 +234,9 @@ def cmd_search(args: argparse.Namespace) -> None:
         workers=args.workers,
         heartbeat=args.heartbeat,
     )
-    search(settings)
+    study = search(settings)
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) and save_report_notes(args.study, args.storage):
+        print("the report's best configurations are the study's note in the dashboard")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
@@ -286,7 +291,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
     from ggt_search.ablate import SUITES, AblationSettings, load_ablation, run_ablation
+    from ggt_search.dashboard import save_report_notes
 
     dataset = dataset_overrides(args) or None
     if args.suite and dataset and "name" in dataset:
@@ -307,10 +315,14 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     group = args.study or ablation.name
     studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
+    noted = all(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for s in studies) and save_report_notes(
+        group, args.storage
+    )
     storage = hide_password(args.storage)
     print(
-        f"studies {', '.join(s.study_name for s in studies)} in {storage}; report: ggt-search report "
-        f"{group} --storage {storage}"
+        f"studies {', '.join(s.study_name for s in studies)} in {storage}"
+        f"{' (the verdicts are their note in the dashboard)' if noted else ''}; report: ggt-search report {group} "
+        f"--storage {storage}"
     )
 
 

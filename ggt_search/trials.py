@@ -61,11 +61,11 @@ def train_trial(
     """
     record = TrialRecord()
     # first: a config that cannot even start is recorded with its failure
-    record.write(trial, config=config.to_dict(), dataset=config.dataset.name)
+    record.write(trial, config=config.to_dict(), seed=config.train.seed)
     trainer = Trainer(config, graphs)
     # What a fine-tuned run started from, by content: a checkpoint rebuilt under the same path is another start.
     started_from = {"init_sha256": file_sha256(Path(config.train.init))} if config.train.init else {}
-    record.write(trial, environment=environment(trainer.device) | started_from)
+    record.write(trial, environment=environment(trainer.device) | started_from, dataset=trainer.graphs.name)
 
     bar = Progress(config.train.epochs, name or f"trial {trial.number}", "epochs")
 

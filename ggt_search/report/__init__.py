@@ -9,6 +9,7 @@ sections use validation scores alone.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -26,6 +27,34 @@ from ggt_search.storage import hide_password, open_storage
 
 def build_report(names: list[str], storage: str, out: Path) -> Path:
     """A report of each named search study or ablation (an ablation on several datasets is one name, its group)."""
+    report_page(names, storage, out)[0].write()
+    return out / "index.html"
+
+
+# The sections of a report that answer its question: what `note_markdown` gives the dashboard.
+ANSWERS = {"ablation": ("Verdicts",), "search": ("Optimisation history", "Best configurations")}
+
+
+def note_markdown(name: str, storage: str) -> str:
+    """The report's answer for one search study or ablation group, as Markdown for the dashboard's study
+    note: its opening (what the study is) and its ANSWERS sections, as the report itself writes them.
+    Figures are left out (the note cannot show the report's files; the dashboard draws its own history)."""
+    with tempfile.TemporaryDirectory() as folder:
+        page, studies = report_page([name], storage, Path(folder))
+    kind = StudyRecord.of(studies[0]).kind or "search"
+    kept, keep = [], True
+    for block in page.blocks[1:]:  # the page's own title names the report, not the study
+        if block.startswith("### "):
+            keep = block.removeprefix("### ") in ANSWERS[kind]
+        elif block.startswith("## "):
+            keep = not block.startswith("## Reproducibility")
+        if keep and not block.startswith("!["):
+            kept.append(block)
+    return "\n\n".join(kept) + "\n"
+
+
+def report_page(names: list[str], storage: str, out: Path) -> tuple[Page, list[optuna.Study]]:
+    """The report's page, not yet written, and the studies it covers."""
     store = open_storage(storage, must_exist=True)
     summaries = optuna.get_all_study_summaries(store)
     groups = {
@@ -49,8 +78,7 @@ def build_report(names: list[str], storage: str, out: Path) -> Path:
             else:
                 search_sections(page, loaded[0])
     reproducibility(page, studies, storage)
-    page.write()
-    return out / "index.html"
+    return page, studies
 
 
 def reproducibility(page: Page, studies: list[optuna.Study], storage: str) -> None:
