@@ -81,15 +81,28 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
 
 
 def field_comments(cls) -> dict[str, str]:
-    """Each field's comment in the dataclass's source (`name: type = default  # comment`): the flag's help."""
+    """Each field's comment in the dataclass's source, the flag's help: the one after the field
+    (`name: type = default  # comment`), or else the comment lines right above it."""
     source = textwrap.dedent(inspect.getsource(cls))
-    comments = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            name = token.line.strip().partition(":")[0]
-            if name.isidentifier() and token.line.strip() != token.string:
-                comments[name] = token.string.removeprefix("#").strip()
-    return comments
+    comments = {
+        token.start[0]: (token.string.removeprefix("#").strip(), token.line.strip() == token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }  # line number -> (text, whether the comment is the whole line)
+    fields_comments = {}
+    for number, line in enumerate(source.splitlines(), start=1):
+        name, colon, _ = line.strip().partition(":")
+        if not (colon and name.isidentifier()) or comments.get(number, ("", False))[1]:
+            continue
+        if number in comments:
+            fields_comments[name] = comments[number][0]
+            continue
+        above = number - 1
+        while comments.get(above, ("", False))[1]:
+            above -= 1
+        if above < number - 1:
+            fields_comments[name] = " ".join(comments[n][0] for n in range(above + 1, number))
+    return fields_comments
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
