@@ -26,12 +26,14 @@ Two optional keys widen what a run is, each a field of its key (`RunKey`) and it
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import optuna
+import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
@@ -42,7 +44,7 @@ from ggt_search.final_evaluation import parse_seeds
 from ggt_search.progress import duration
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.storage import artifact_dir, create_or_load_study, load_existing_study, open_storage
-from ggt_search.train import Predictions, code_sha256
+from ggt_search.train import Predictions, Trainer, code_sha256
 from ggt_search.trials import (
     SurplusTrial,
     fail_stale_trials,
@@ -75,6 +77,9 @@ FILE_KEYS = {
     "tune",
 }
 TUNABLE = {"lr"}  # what `tune:` may choose per variant
+# Config fields that name files: a study compares what they hold (the dataset's checksum, a checkpoint's
+# sha256), not how the path is written, which depends on where the command runs.
+PATHS = frozenset({("dataset", "source"), ("train", "init")})
 
 
 class RunKey(NamedTuple):
@@ -159,10 +164,13 @@ def load_ablation(
         )
     if "dataset" in values and "datasets" in values:
         raise UserError(f"{path}: give 'dataset' (one) or 'datasets' (a list), not both")
-    datasets = datasets or ([dataset] if dataset else values.get("datasets") or [values.get("dataset") or "nci-tpsa"])
-    if not isinstance(datasets, list):
-        raise UserError(f"{path}: 'datasets' must be a list of dataset names or mappings")
-    base = dict(values["baseline"])  # {} is the default model, said on purpose
+    if not datasets and not dataset:
+        datasets = values.get("datasets") or [values.get("dataset") or "nci-tpsa"]
+        if not isinstance(datasets, list):
+            raise UserError(f"{path}: 'datasets' must be a list of dataset names or mappings")
+        datasets = [_dataset_from_file(d, path.parent) for d in datasets]
+    datasets = datasets or [dataset]
+    base = _init_from_file(dict(values["baseline"]), path.parent)  # {} is the default model, said on purpose
     epochs = epochs if epochs is not None else values.get("epochs")
     if epochs is not None:
         base["train"] = {**(base.get("train") or {}), "epochs": epochs}
@@ -178,6 +186,7 @@ def load_ablation(
         change = change or {}
         if set(change) - {"model", "train"}:
             raise UserError(f"{path}: variant {name!r} may change only 'model' and 'train'")
+        change = _init_from_file(change, path.parent)
         try:
             base_config.with_overrides(model=change.get("model"), train=change.get("train"))
         except UserError as error:
@@ -203,6 +212,36 @@ def load_ablation(
         split_seeds,
         tuned_learning_rates(path, values.get("tune"), variants),
     )
+
+
+def _from_file(value: str, folder: Path) -> str:
+    """A relative path written in an ablation file means a path beside the file, wherever the command runs;
+    it is kept relative (to the working directory), so a study records `../shared/...` from the repository
+    root as before, and a checkout elsewhere compares the same."""
+    return value if Path(value).is_absolute() else os.path.relpath(folder / value)
+
+
+def _dataset_from_file(dataset, folder: Path):
+    """A dataset entry of an ablation file with its paths (a MoleculeNet `source`; a `name` that is a CSV
+    beside the file) read against the file's folder."""
+    if isinstance(dataset, str):
+        return _from_file(dataset, folder) if (folder / dataset).is_file() else dataset
+    if not isinstance(dataset, dict):
+        return dataset  # RunConfig names what is wrong with it
+    dataset = dict(dataset)
+    if isinstance(dataset.get("source"), str):
+        dataset["source"] = _from_file(dataset["source"], folder)
+    if isinstance(dataset.get("name"), str) and (folder / dataset["name"]).is_file():
+        dataset["name"] = _from_file(dataset["name"], folder)
+    return dataset
+
+
+def _init_from_file(change: dict, folder: Path) -> dict:
+    """A baseline's or variant's `train.init` checkpoint read against the ablation file's folder."""
+    train = change.get("train")
+    if isinstance(train, dict) and isinstance(train.get("init"), str):
+        change = change | {"train": train | {"init": _from_file(train["init"], folder)}}
+    return change
 
 
 def tuned_learning_rates(path: Path, tune, variants: dict[str, dict]) -> list[float] | None:
@@ -274,10 +313,11 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         sampler=optuna.samplers.RandomSampler(),
         pruner=optuna.pruners.NopPruner(),
     )
+    record.check_resumes(study, ("checksum",))
     check_same_settings(study, ablation, dataset)
     fail_stale_trials(study)  # a restarted ablation reruns the runs of killed workers
     if missing_runs(study, ablation) or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        check_same_code(study)
+        check_same_code(study, graphs)
     record.write(study)
     enqueue_missing(study, ablation)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -327,7 +367,7 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
                 )
         # Read back through RunConfig: a field added to the code since the run takes its default, the old behaviour.
         wanted = ablation.config(variant, seed, dataset, key.split_seed, key.lr)
-        difference = config_difference(wanted, RunConfig.from_dict(record.config))
+        difference = config_difference(wanted, RunConfig.from_dict(record.config), ignore=PATHS)
         if difference:
             field, stored_value, wanted_value = difference
             raise UserError(
@@ -347,18 +387,73 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
                 )
 
 
-def check_same_code(study: optuna.Study) -> None:
-    """Refuse to add runs to a study whose baseline runs were made by other code: a variant would be
-    compared with a baseline that another implementation trained. Runs from before the code was
-    recorded cannot be checked; the report flags them ("code not recorded")."""
+def check_same_code(study: optuna.Study, graphs) -> None:
+    """Refuse to add runs to a study whose baseline runs were made by code that trains other numbers:
+    a variant would be compared with a baseline that another implementation trained.
+
+    Code that changed (a new `code_sha256`) is not refused outright: one baseline run made by the
+    old code is trained again, on its recorded device and thread count, and when every epoch's
+    validation score and its test score come out the same, to the bit, the two codes are recorded
+    on the study as training the same numbers (`SAME_NUMBERS`) and the study goes on. So a long
+    study survives a refactor, a new option or a new check, and stops at a change of its numbers.
+    Runs from before the code was recorded cannot be checked; the report flags them."""
     current = code_sha256()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        made_by = (TrialRecord.of(trial).environment or {}).get("code_sha256")
-        if run_pair(trial)[0] == BASELINE and made_by is not None and made_by != current:
+    made_by = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        code = (TrialRecord.of(trial).environment or {}).get("code_sha256")
+        if run_pair(trial)[0] == BASELINE and code is not None and same_code(study, code) != same_code(study, current):
+            made_by.setdefault(code, trial)
+    for code, trial in made_by.items():
+        print(
+            f"study {study.study_name}: code changed since its baseline runs (sha256 {code[:12]}... -> "
+            f"{current[:12]}...); training baseline seed {run_key(trial).seed} again to check it gives the same numbers"
+        )
+        if difference := reproduction_difference(trial, graphs):
             raise UserError(
-                f"study {study.study_name}'s baseline runs were made by code sha256 {made_by[:12]}..., but this is "
-                f"code {current[:12]}...; run that code to add runs, or pass --study NEW for a new study"
+                f"study {study.study_name}'s baseline runs were made by code sha256 {code[:12]}..., and this code "
+                f"({current[:12]}...) trains other numbers ({difference}); run that code to add runs, or pass "
+                "--study NEW for a new study"
             )
+        study.set_user_attr(SAME_NUMBERS, [*study.user_attrs.get(SAME_NUMBERS, []), [code, current]])
+
+
+SAME_NUMBERS = "same_numbers"  # study attribute: pairs of code hashes shown to train identical runs
+
+
+def same_code(study: optuna.Study | optuna.study.StudySummary, code: str) -> str:
+    """The code hash that stands for `code` in this study: the smallest of the hashes shown (by
+    `check_same_code`'s reproductions) to train the same numbers as it."""
+    pairs = study.user_attrs.get(SAME_NUMBERS, [])
+    group, grown = {code}, True
+    while grown:
+        linked = {h for pair in pairs if group & set(pair) for h in pair}
+        grown, group = not linked <= group, group | linked
+    return min(group)
+
+
+def reproduction_difference(trial: optuna.trial.FrozenTrial, graphs) -> str | None:
+    """Train a finished run's recorded config again, on its recorded device and thread count;
+    where its numbers differ from the recorded ones, say where (None: identical to the bit)."""
+    record = TrialRecord.of(trial)
+    ran_on = record.environment or {}
+    trainer = Trainer(RunConfig.from_dict(record.config), graphs)
+    if ran_on.get("device") != str(trainer.device):
+        return f"it ran on {ran_on.get('device')}, this machine trains on {trainer.device}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ran_on.get("threads", threads))
+    try:
+        result = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    curve = [r.valid_metric for r in result.history]
+    for epoch, (then, now) in enumerate(zip(record.curve, curve, strict=False), start=1):
+        if then != now:
+            return f"epoch {epoch}: valid {then!r} then, {now!r} now"
+    if len(curve) != len(record.curve):
+        return f"{len(record.curve)} epochs then, {len(curve)} now"
+    if result.test != record.test:
+        return f"test {record.test!r} then, {result.test!r} now"
+    return None
 
 
 def missing_runs(study: optuna.Study, ablation: Ablation) -> list[RunKey]:

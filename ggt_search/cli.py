@@ -13,6 +13,7 @@ import json
 import sys
 import textwrap
 import tokenize
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
     add_dataset_flags(parser)
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        options, comments = choices(cls), field_comments(cls)
+        options, comments, hints = choices(cls), field_comments(cls), typing.get_type_hints(cls)
         group = parser.add_argument_group(section, f"{cls.__name__}: {cls.__doc__}")
         for f in fields(cls):
             if f.name in skip:
@@ -130,7 +131,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
                     help=help,
                 )
             else:
-                kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+                # the value's type, a null default aside (`patience: int | None` takes an integer)
+                kind = next((t for t in (int, float) if t in (hints[f.name], *typing.get_args(hints[f.name]))), str)
                 group.add_argument(
                     flag,
                     dest=f"{section}.{f.name}",

@@ -188,6 +188,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # Adam's L2 weight decay
     lr_factor: float = 0.5  # ReduceLROnPlateau: multiply the learning rate by this when validation loss stalls
     lr_patience: int = 5  # ReduceLROnPlateau: epochs without a better validation loss before it does
+    # Stop once the validation score has not improved for this many epochs (None: run every epoch). The
+    # best-validation weights are kept either way, so it saves compute without changing what is selected
+    # up to that point; a run's `epochs` is then its budget, not what it ran.
+    patience: int | None = None
     seed: int = 0  # seeds the weights, dropout and batch order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Precision = "fp32"  # autocast, CUDA only
@@ -200,6 +204,8 @@ class TrainConfig:
         check_fields(self, "train")
         # A batch of one graph is skipped (BatchNorm cannot normalise one sample): batch_size 1 would train nothing.
         check_at_least(self, "train", {"epochs": 1, "batch_size": 2, "weight_decay": 0, "lr_patience": 0, "seed": 0})
+        if self.patience is not None:
+            check_at_least(self, "train", {"patience": 1})
         if not self.lr > 0:
             raise UserError(f"train.lr must be positive, got {self.lr!r}")
         if not 0 < self.lr_factor < 1:
@@ -250,15 +256,16 @@ class RunConfig:
         return RunConfig.from_dict(merged)
 
 
-def config_difference(wanted: RunConfig, stored: RunConfig) -> tuple[str, object, object] | None:
-    """The first field (as 'section.key', the device aside) where two configs differ, with the
-    stored and the wanted value; None when they train the same thing."""
+def config_difference(
+    wanted: RunConfig, stored: RunConfig, ignore: frozenset[tuple[str, str]] = frozenset()
+) -> tuple[str, object, object] | None:
+    """The first field (as 'section.key', the device and the `ignore` fields aside) where two configs
+    differ, with the stored and the wanted value; None when they train the same thing."""
     wanted_values, stored_values = wanted.to_dict(), stored.to_dict()
+    ignore = ignore | {("train", "device")}
     for section in wanted_values:
         for key in sorted(set(wanted_values[section]) | set(stored_values[section])):
-            if (section, key) != ("train", "device") and wanted_values[section].get(key) != stored_values[section].get(
-                key
-            ):
+            if (section, key) not in ignore and wanted_values[section].get(key) != stored_values[section].get(key):
                 return f"{section}.{key}", stored_values[section].get(key), wanted_values[section].get(key)
     return None
 

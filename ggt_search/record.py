@@ -117,10 +117,11 @@ class StudyRecord:
             wanted = json.loads(json.dumps(getattr(self, name)))  # as the study stores it: tuples are lists
             if stored_value is not None and (difference := _difference(name, stored_value, wanted)):
                 field, stored_value, wanted = difference
+                kind = stored.kind or "study"
                 raise UserError(
-                    f"study {study.study_name} holds a {stored.kind or 'study'} with {field} = {stored_value!r}, "
-                    f"but this run asks for {wanted!r}; rerun with the same settings, or pass --study NEW for a "
-                    "new study"
+                    f"study {study.study_name} holds {'an' if kind[0] in 'aeiou' else 'a'} {kind} with {field} = "
+                    f"{stored_value!r}, but this run asks for {wanted!r}; rerun with the same settings, or pass "
+                    "--study NEW for a new study"
                 )
 
     @classmethod

@@ -238,6 +238,8 @@ class Trainer:
                 log.weights(best_state)
             if on_epoch is not None:
                 on_epoch(record)
+            if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+                break  # converged: `patience` epochs without a better validation score
 
         model.load_state_dict(best_state)
         predictions = {split: self.predictions(model, split) for split in ("valid", "test")} if evaluate_test else None

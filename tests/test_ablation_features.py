@@ -3,8 +3,10 @@ validation, every run's predictions stored, and the code that made each run reco
 End to end on 300 real ogbg-molbbbp molecules (a CSV), one epoch per run (CPU)."""
 
 import json
+import os
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -12,12 +14,14 @@ import pandas as pd
 import pytest
 
 from ggt_search.ablate import (
+    SAME_NUMBERS,
     AblationSettings,
     chosen_learning_rates,
     load_ablation,
     run_ablation,
     run_key,
     run_predictions,
+    same_code,
 )
 from ggt_search.config import DatasetSpec
 from ggt_search.datasets import cache_root, load_dataset
@@ -28,6 +32,7 @@ from ggt_search.record import TrialRecord
 from ggt_search.report import build_report
 from ggt_search.storage import open_storage
 from ggt_search.train import code_sha256
+from tests.conftest import ROOT
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
 COMPLETE = (optuna.trial.TrialState.COMPLETE,)
@@ -159,7 +164,7 @@ def test_tune_is_checked(tmp_path):
         load_ablation(bad)
 
 
-def test_runs_of_other_code_are_refused_and_flagged(tuned_study, bbbp_csv, tmp_path):  # noqa: F811
+def test_code_that_trains_other_numbers_is_refused_and_flagged(tuned_study, bbbp_csv, tmp_path, capsys):  # noqa: F811
     folder, study, shared = tuned_study
     current = code_sha256()
     assert {TrialRecord.of(t).environment["code_sha256"] for t in study.trials} == {current}
@@ -168,30 +173,46 @@ def test_runs_of_other_code_are_refused_and_flagged(tuned_study, bbbp_csv, tmp_p
     own = optuna.load_study(study_name="s", storage=storage)
     chosen = chosen_learning_rates(own)["baseline"]  # a run the comparison uses
     baseline = next(t for t in own.trials if (run_key(t).variant, run_key(t).lr) == ("baseline", chosen))
-    environment = baseline.user_attrs["environment"]
-    recorded_as(storage, baseline._trial_id, environment | {"code_sha256": "0" * 64})
+    environment, curve = baseline.user_attrs["environment"], baseline.user_attrs["curve"]
     tuned = ABLATION + "tune: {lr: [0.001, 0.03]}\n"
-    run(tmp_path, tuned, bbbp_csv, storage=storage)  # nothing to add: no refusal
-    with pytest.raises(
-        UserError, match=rf"made by code sha256 000000000000\.\.\., but this is code {current[:12]}.*--study NEW"
-    ):
-        run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-2")
+
+    # Code "0..." trained this run: it is trained again, the same numbers come out, and the study goes on.
+    recorded_as(storage, baseline._trial_id, "environment", environment | {"code_sha256": "0" * 64})
+    run(tmp_path, tuned, bbbp_csv, storage=storage)  # nothing to add: nothing checked
+    assert "training baseline seed" not in capsys.readouterr().out
+    run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-2")
+    assert "code changed since its baseline runs (sha256 000000000000... -> " in capsys.readouterr().out
+    own = optuna.load_study(study_name="s", storage=storage)
+    assert own.user_attrs[SAME_NUMBERS] == [["0" * 64, current]]
+    assert same_code(own, "0" * 64) == same_code(own, current)
     build_report(["s"], storage, tmp_path / "r")
-    md = (tmp_path / "r" / "report.md").read_text()
-    assert "gcn vs baseline: runs from different code (baseline: 000000000000," in md
-    recorded_as(storage, baseline._trial_id, {k: v for k, v in environment.items() if k != "code_sha256"})
+    assert "runs from different code" not in (tmp_path / "r" / "report.md").read_text()
+
+    # Code "1..." trained it with other numbers: refused, and the report says so.
+    recorded_as(storage, baseline._trial_id, "environment", environment | {"code_sha256": "1" * 64})
+    recorded_as(storage, baseline._trial_id, "curve", [curve[0] + 0.01, *curve[1:]])
+    with pytest.raises(
+        UserError,
+        match=rf"made by code sha256 111111111111\.\.\., and this code \({current[:12]}\.\.\.\) trains other "
+        r"numbers \(epoch 1: valid .*--study NEW",
+    ):
+        run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-3")
     build_report(["s"], storage, tmp_path / "r2")
-    assert "gcn vs baseline: code not recorded for 1 of its runs" in (tmp_path / "r2" / "report.md").read_text()
+    assert "gcn vs baseline: runs from different code (baseline: " in (tmp_path / "r2" / "report.md").read_text()
+    unrecorded = {k: v for k, v in environment.items() if k != "code_sha256"}
+    recorded_as(storage, baseline._trial_id, "environment", unrecorded)
+    build_report(["s"], storage, tmp_path / "r3")
+    assert "gcn vs baseline: code not recorded for 1 of its runs" in (tmp_path / "r3" / "report.md").read_text()
 
 
-def recorded_as(storage: str, trial_id: int, environment: dict) -> None:
-    """Rewrite a finished trial's recorded environment (Optuna's API refuses to update finished trials)."""
+def recorded_as(storage: str, trial_id: int, key: str, value) -> None:
+    """Rewrite a finished trial's user attribute (Optuna's API refuses to update finished trials)."""
     from optuna.storages._rdb import models
 
     with open_storage(storage).scoped_session() as session:
         attribute = models.TrialUserAttributeModel
-        row = session.query(attribute).filter_by(trial_id=trial_id, key="environment").one()
-        row.value_json = json.dumps(environment)
+        row = session.query(attribute).filter_by(trial_id=trial_id, key=key).one()
+        row.value_json = json.dumps(value)
         session.commit()
 
 
@@ -209,3 +230,35 @@ def test_the_code_hash_follows_the_code_that_shapes_results_only(tmp_path):
         edited.write_text(original + "\n")
         assert code_sha256(package) != code_sha256(), module
         edited.write_text(original)
+
+
+def test_paths_in_an_ablation_file_are_read_beside_the_file(moleculenet, tmp_path, monkeypatch):
+    folder = tmp_path / "studies" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "own.csv").write_text("smiles,y\nCCO,1.0\n")
+    (tmp_path / "studies" / "start.pt").write_bytes(b"")
+    table = os.path.relpath(moleculenet, folder)
+    (folder / "a.yaml").write_text(
+        f"datasets:\n  - {{name: ogbg-molbbbp, source: {table}}}\n  - own.csv\n"
+        "baseline: {model: {layers: 1}}\nvariants:\n  tuned: {train: {init: ../start.pt}}\n"
+    )
+    monkeypatch.chdir(tmp_path / "studies")  # not the file's folder: its paths still mean what they say
+    ablation = load_ablation(folder / "a.yaml")
+    table_spec, own_spec = ablation.datasets
+    assert Path(table_spec.source).resolve() == moleculenet.resolve()
+    assert Path(own_spec.name).resolve() == (folder / "own.csv").resolve()
+    assert Path(ablation.config("tuned", 0).train.init).resolve() == (tmp_path / "studies" / "start.pt").resolve()
+    # From the repository root the packaged files record their tables as `../shared/...`, as before.
+    monkeypatch.chdir(ROOT)
+    (bbbp, *_) = load_ablation(ROOT / "ablations" / "all.yaml").datasets
+    assert bbbp.source == "../shared/data/moleculenet"
+
+
+def test_a_study_refuses_other_molecules_under_the_same_path(bbbp_csv, tmp_path):  # noqa: F811
+    table = tmp_path / "mine.csv"
+    shutil.copy(bbbp_csv, table)
+    run(tmp_path, ABLATION, table, seeds="0")
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-20]) + "\n")  # 20 molecules fewer, same file name
+    with pytest.raises(UserError, match=r"holds an ablation with checksum = .*--study NEW"):
+        run(tmp_path, ABLATION, table, seeds="0-1")

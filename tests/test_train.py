@@ -33,6 +33,19 @@ def test_search_mode_never_scores_test(bbbp_small, monkeypatch):
     assert "test" not in seen and set(seen) == {"valid"}
 
 
+def test_patience_stops_a_converged_run_and_keeps_what_it_selected(bbbp_small):
+    config = tiny_config()
+    full = Trainer(config.with_overrides(train={"epochs": 12, "lr": 0.01}), bbbp_small).fit()
+    valid = [r.valid_metric for r in full.history]
+    # The first epoch by which 2 epochs have passed without a better validation score than the best so far.
+    stop = next(e for e in range(1, 13) if e - (int(np.argmax(valid[:e])) + 1) >= 2)
+    assert stop < 12, "this slice must plateau within 12 epochs for the test to mean anything"
+    early = Trainer(config.with_overrides(train={"epochs": 12, "lr": 0.01, "patience": 2}), bbbp_small).fit()
+    assert len(early.history) == stop
+    assert [r.valid_metric for r in early.history] == valid[:stop]
+    assert early.best_epoch == int(np.argmax(valid[:stop])) + 1 and early.best_valid == max(valid[:stop])
+
+
 def test_cpu_runs_repeat_with_the_same_seed(bbbp_small):
     first = Trainer(tiny_config(), bbbp_small).fit()
     second = Trainer(tiny_config(), bbbp_small).fit()

@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key
+from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key, same_code
 from ggt_search.errors import UserError
 from ggt_search.metrics import WIDEST_DIFFERENCE
 from ggt_search.record import StudyRecord, TrialRecord
@@ -86,7 +86,7 @@ def ablation_runs(study: optuna.Study) -> AblationRuns:
                 "cell": seed if key.split_seed is None else f"split {key.split_seed} seed {seed}",
                 "split_seed": key.split_seed,
                 "lr": key.lr,
-                "code": (record.environment or {}).get("code_sha256"),
+                "code": same_code(study, code) if (code := (record.environment or {}).get("code_sha256")) else None,
                 "valid": t.value,
                 "test": record.test,
                 "parameters": record.parameters,
