@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ggt_search.metrics import WIDEST_DIFFERENCE
 from ggt_search.report.statistics import t_interval
@@ -114,6 +115,8 @@ def history_figure(history: pd.DataFrame) -> Figure:
     ax.scatter(history["trial"], history["value"], color="0.5", s=14, label="trial")
     ax.step(history["trial"], history["best so far"], where="post", color="C3", label="best so far")
     ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, never 0.2 of one
+    ax.set_xlabel("trial")
     ax.set_ylabel("validation metric")
     return fig
 
