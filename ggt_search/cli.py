@@ -330,9 +330,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     group = args.study or ablation.name
     studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
-    noted = all(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for s in studies) and save_report_notes(
-        group, args.storage
-    )
+    finished = bool(studies) and all(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for s in studies)
+    noted = finished and save_report_notes(group, args.storage)
     storage = hide_password(args.storage)
     print(
         f"studies {', '.join(s.study_name for s in studies)} in {storage}"
