@@ -41,15 +41,18 @@ from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_di
 from ggt_search.datasets import file_sha256, load_dataset
 from ggt_search.errors import UserError
 from ggt_search.final_evaluation import parse_seeds
+from ggt_search.progress import duration
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.storage import artifact_dir, check_storage, create_or_load_study, load_existing_study, open_storage
 from ggt_search.train import Predictions, Trainer, code_sha256, training_device
 from ggt_search.trials import (
     SurplusTrial,
     fail_stale_trials,
+    finished_count,
     load_predictions,
     run_trials,
     running_note,
+    time_left,
     train_trial,
 )
 from ggt_search.workers import run_workers
@@ -572,13 +575,44 @@ def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device:
         on_split = graphs
         if key.split_seed is not None:
             on_split = splits.setdefault(key.split_seed, load_dataset(config.dataset))
-        return train_trial(trial, config, on_split, final=True, prune=False, store=store).best_valid
+        name = f"{key.variant} seed {key.seed}"
+        return train_trial(trial, config, on_split, final=True, prune=False, store=store, name=name).best_valid
 
     def queue_empty(study: optuna.Study) -> bool:
         return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     if not queue_empty(study):
-        run_trials(study, objective, n_trials=None, timeout=None, total=None, stop=queue_empty)
+        line = GridLine(ablation, dataset, graphs.name, graphs.metric, settings.workers)
+        run_trials(study, objective, n_trials=None, timeout=None, line=line, stop=queue_empty)
+
+
+class GridLine:
+    """An ablation's line per finished run: which run (dataset, variant, seed, and split seed and lr
+    where the file has them), its scores, how many runs of the whole (dataset, variant, seed) grid
+    are done, and the time left. The datasets run one after another, so those before this one count as done."""
+
+    def __init__(self, ablation: Ablation, dataset: DatasetSpec, name: str, metric: str, workers: int):
+        self.runs, self.name, self.metric, self.workers = len(ablation.runs()), name, metric, workers
+        self.before = ablation.datasets.index(dataset) * self.runs
+        self.total = len(ablation.datasets) * self.runs
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        key, record = run_key(trial), TrialRecord.of(trial)
+        where = "".join(
+            f" {label} {value:g}" for label, value in (("split", key.split_seed), ("lr", key.lr)) if value is not None
+        )
+        if trial.state == TrialState.COMPLETE:
+            test = f", test {record.test:.4f}" if record.test is not None else ""
+            outcome = f"valid {self.metric} {trial.value:.4f}{test}"
+        else:
+            outcome = f"{trial.state.name.lower()} ({record.reason})" if record.reason else trial.state.name.lower()
+        done = self.before + min(finished_count(study, trial), self.runs)
+        seconds = f" in {duration(record.seconds)}" if record.seconds else ""
+        print(
+            f"[{done}/{self.total}] {self.name} {key.variant} seed {key.seed}{where}: {outcome}{seconds}"
+            f"{time_left(study, self.total - done, self.workers)}",
+            flush=True,
+        )
 
 
 def ablation_from_study(study_name: str, storage: str, reference: RunConfig, seeds: str = "0-4") -> dict:

@@ -27,6 +27,7 @@ from ggt_search.batching import Batch
 from ggt_search.config import RunConfig
 from ggt_search.datasets import load_dataset
 from ggt_search.model import count_parameters
+from ggt_search.progress import Progress
 from ggt_search.steps import TrainStep, train_steps
 from ggt_search.train import Trainer, environment
 
@@ -84,16 +85,20 @@ def time_epochs(trainer: Trainer, paths: dict[str, tuple], repeats: int) -> dict
     """Per path (make_batches, step): the fastest of `repeats` epochs in seconds, after a
     warm-up epoch (allocator, kernels, graph captures). Paths take turns, so a drifting
     clock or a busy neighbour slows them alike."""
-    for make_batches, step in paths.values():
-        train_steps(step, make_batches())
-    fastest = dict.fromkeys(paths, math.inf)
-    for _ in range(repeats):
-        for name, (make_batches, step) in paths.items():
-            _sync(trainer.device)
-            tic = time.perf_counter()
+    with Progress((repeats + 1) * len(paths), f"timing {' and '.join(paths)} epochs", "epochs") as bar:
+        for make_batches, step in paths.values():
             train_steps(step, make_batches())
-            _sync(trainer.device)
-            fastest[name] = min(fastest[name], time.perf_counter() - tic)
+            bar.update(note="warm-up")
+        fastest = dict.fromkeys(paths, math.inf)
+        for _ in range(repeats):
+            for name, (make_batches, step) in paths.items():
+                _sync(trainer.device)
+                tic = time.perf_counter()
+                train_steps(step, make_batches())
+                _sync(trainer.device)
+                seconds = time.perf_counter() - tic
+                fastest[name] = min(fastest[name], seconds)
+                bar.update(note=f"{name} {seconds:.1f} s")  # after the clock stopped: display is not timed
     return fastest
 
 

@@ -7,8 +7,13 @@ field has exactly one flag and `--help` lists them all with their defaults.
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import json
 import sys
+import textwrap
+import tokenize
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from ggt_search.errors import UserError
 from ggt_search.files import file_error
 
 DATASET_HELP = "ogbg-mol* name, nci-tpsa (embedded, no network), or a CSV path"
+METAVARS = {int: "INT", float: "NUMBER", str: "TEXT"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,37 +92,66 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
     return values | {flag.field: getattr(args, flag.dest) for flag in dataset_flags() if hasattr(args, flag.dest)}
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each field's comment in the dataclass's source, the flag's help: the one after the field
+    (`name: type = default  # comment`), or else the comment lines right above it."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        token.start[0]: (token.string.removeprefix("#").strip(), token.line.strip() == token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }  # line number -> (text, whether the comment is the whole line)
+    fields_comments = {}
+    for number, line in enumerate(source.splitlines(), start=1):
+        name, colon, _ = line.strip().partition(":")
+        if not (colon and name.isidentifier()) or comments.get(number, ("", False))[1]:
+            continue
+        if number in comments:
+            fields_comments[name] = comments[number][0]
+            continue
+        above = number - 1
+        while comments.get(above, ("", False))[1]:
+            above -= 1
+        if above < number - 1:
+            fields_comments[name] = " ".join(comments[n][0] for n in range(above + 1, number))
+    return fields_comments
+
+
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """--config FILE plus one flag per model and train field; given flags override the file."""
+    """--config FILE plus one flag per model and train field, explained by the field's comment
+    in config.py; given flags override the file."""
     from ggt_search.config import ModelConfig, TrainConfig, choices
 
     parser.add_argument("--config", type=Path, help="YAML/JSON run config (sections dataset, model, train)")
     add_dataset_flags(parser)
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        options = choices(cls)
-        group = parser.add_argument_group(section)
+        options, comments, hints = choices(cls), field_comments(cls), typing.get_type_hints(cls)
+        group = parser.add_argument_group(section, f"{cls.__name__}: {cls.__doc__}")
         for f in fields(cls):
             if f.name in skip:
                 continue
             default = f.default if f.default is not MISSING else None
             flag = "--" + f.name.replace("_", "-")
+            help = f"{comments[f.name]} (default {default})".replace("%", "%%")  # argparse formats help with %
             if f.type in (bool, "bool"):
                 group.add_argument(
                     flag,
                     dest=f"{section}.{f.name}",
                     action=argparse.BooleanOptionalAction,
                     default=argparse.SUPPRESS,
-                    help=f"default {default}",
+                    help=help,
                 )
             else:
-                kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+                # the value's type, a null default aside (`patience: int | None` takes an integer)
+                kind = next((t for t in (int, float) if t in (hints[f.name], *typing.get_args(hints[f.name]))), str)
                 group.add_argument(
                     flag,
                     dest=f"{section}.{f.name}",
                     type=kind,
                     choices=options.get(f.name),
+                    metavar="{" + ",".join(options[f.name]) + "}" if f.name in options else METAVARS[kind],
                     default=argparse.SUPPRESS,
-                    help=f"default {default}",
+                    help=help,
                 )
 
 
@@ -162,13 +197,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from ggt_search.final_evaluation import check_same_config
     from ggt_search.metrics import TRIVIAL
+    from ggt_search.model import count_parameters
     from ggt_search.train import Trainer
 
     config = run_config(args)
     trainer = Trainer(config)
     out = args.out or Path("runs") / f"{trainer.graphs.name}-{config.model.conv}-seed{config.train.seed}"
-    from ggt_search.model import count_parameters
+    check_same_config(out, config)
 
     print(
         f"{trainer.graphs.name}: {trainer.graphs.num_graphs} graphs; model "
@@ -202,6 +239,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
+    from ggt_search.dashboard import save_report_notes
     from ggt_search.study import SearchSettings, search
 
     if args.trials is None and args.timeout is None:
@@ -224,7 +264,9 @@ def cmd_search(args: argparse.Namespace) -> None:
         confirm_top=args.confirm_top,
         confirm_seeds=args.confirm_seeds,
     )
-    search(settings)
+    study = search(settings)
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) and save_report_notes(args.study, args.storage):
+        print("the report's best configurations are the study's note in the dashboard")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
@@ -298,7 +340,10 @@ def write_ablation_from_study(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
     from ggt_search.ablate import SUITES, AblationSettings, load_ablation, run_ablation
+    from ggt_search.dashboard import save_report_notes
 
     if args.from_study:
         write_ablation_from_study(args)
@@ -326,10 +371,13 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     group = args.study or ablation.name
     studies = run_ablation(AblationSettings(ablation, group, args.storage, args.workers, args.heartbeat))
+    finished = bool(studies) and all(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for s in studies)
+    noted = finished and save_report_notes(group, args.storage)
     storage = hide_password(args.storage)
     print(
-        f"studies {', '.join(s.study_name for s in studies)} in {storage}; report: ggt-search report "
-        f"{group} --storage {storage}"
+        f"studies {', '.join(s.study_name for s in studies)} in {storage}"
+        f"{' (the verdicts are their note in the dashboard)' if noted else ''}; report: ggt-search report {group} "
+        f"--storage {storage}"
     )
 
 
@@ -417,6 +465,8 @@ def add_evaluate_command(commands) -> None:
 
 
 def add_search_command(commands) -> None:
+    from ggt_search.space import packaged_spaces
+
     search = commands.add_parser(
         "search",
         help="run or resume an Optuna architecture search",
@@ -425,7 +475,10 @@ def add_search_command(commands) -> None:
     )
     search.add_argument("--study", required=True, help="study name (re-use it to resume or add trials)")
     search.add_argument(
-        "--space", help="search space YAML, or a packaged space: default, quick (small models for a CPU)"
+        "--space",
+        default="default",
+        help="search space YAML, or a packaged space: "
+        f"{', '.join(packaged_spaces())} (quick: small models for a CPU); default: default",
     )
     search.add_argument(
         "--trials", type=at_least(1), help="the study's total number of trials (default 20; rerun with more to add)"
@@ -613,9 +666,12 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ggt_search import __version__
+
     parser = Parser(
         prog="ggt-search", description="Architecture search and ablations for Gated Graph Transformers on molecules."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)

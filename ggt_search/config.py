@@ -142,27 +142,27 @@ class DatasetSpec:
 class ModelConfig:
     """The architecture; `model.py`'s docstring maps each documented idea to its field(s)."""
 
-    conv: Convolution = "gated-gcn"
-    norm: Normalisation = "batch"
-    norm_position: NormPosition = "pre"
-    residual: bool = True
-    ffn: bool = True
-    ffn_ratio: int = 4
-    pe_dim: int = 10
-    pe_sign_flip: SignFlip = "batch"
-    pe_injection: PEInjection = "concat-mlp"
-    aggregation: Aggregation = "gated"
-    message_norm: bool = False
-    graph_size_norm: bool = False
-    global_attention: GlobalAttention = "none"
+    conv: Convolution = "gated-gcn"  # message passing: edge-gated GatedGCN, isotropic mean (gcn), or none (mlp)
+    norm: Normalisation = "batch"  # normalisation of each sub-layer: BatchNorm, LayerNorm, GraphNorm or none
+    norm_position: NormPosition = "pre"  # normalise before each sub-layer (pre-norm) or after its residual sum
+    residual: bool = True  # residual connections around every sub-layer
+    ffn: bool = True  # a feed-forward sub-layer after message passing in every block
+    ffn_ratio: int = 4  # the feed-forward sub-layer's width, in multiples of hidden
+    pe_dim: int = 10  # Laplacian eigenvector positional encodings per atom (0: none)
+    pe_sign_flip: SignFlip = "batch"  # flip the PEs' arbitrary signs at random while training: per batch, per graph
+    pe_injection: PEInjection = "concat-mlp"  # how PEs join the atom features: concatenated through an MLP, or added
+    aggregation: Aggregation = "gated"  # how messages are aggregated: gated sum, PNA, or learnable softmax/power mean
+    message_norm: bool = False  # DeeperGCN's MessageNorm: rescale the aggregated message to the node state's norm
+    graph_size_norm: bool = False  # divide message passing's output by sqrt(the graph's atom count) (Benchmarking GNNs)
+    global_attention: GlobalAttention = "none"  # a global sub-layer in every block: none, low-rank (lrga), full
     attention_rank: int = 16  # lrga: the rank k of the low-rank attention
     attention_heads: int = 4  # transformer: heads of the self-attention (hidden must divide by it)
     substructures: bool = False  # GSN-style counts of the cycles (3..8 atoms) each atom and bond lies on
-    virtual_node: bool = False
-    pooling: Pooling = "mean"
-    layers: int = 5
-    hidden: int = 128
-    dropout: float = 0.5
+    virtual_node: bool = False  # a virtual node joined to every atom, which passes messages across the graph
+    pooling: Pooling = "mean"  # the readout over a graph's atoms (sum can express additive properties)
+    layers: int = 5  # blocks (message passing, feed-forward, optional global attention)
+    hidden: int = 128  # the width of every node and edge state
+    dropout: float = 0.5  # dropout rate of every feed-forward, attention and readout layer
 
     def __post_init__(self):
         check_fields(self, "model")
@@ -187,17 +187,17 @@ class ModelConfig:
 class TrainConfig:
     """The reference's optimisation: Adam 1e-3, ReduceLROnPlateau(0.5, 5) on validation loss."""
 
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_factor: float = 0.5
-    lr_patience: int = 5
+    epochs: int = 50  # training epochs; the best validation epoch is kept
+    batch_size: int = 256  # graphs per training batch
+    lr: float = 1e-3  # Adam's learning rate
+    weight_decay: float = 0.0  # Adam's L2 weight decay
+    lr_factor: float = 0.5  # ReduceLROnPlateau: multiply the learning rate by this when validation loss stalls
+    lr_patience: int = 5  # ReduceLROnPlateau: epochs without a better validation loss before it does
     # Stop once the validation score has not improved for this many epochs (None: run every epoch). The
     # best-validation weights are kept either way, so it saves compute without changing what is selected
     # up to that point; a run's `epochs` is then its budget, not what it ran.
     patience: int | None = None
-    seed: int = 0
+    seed: int = 0  # seeds the weights, dropout and batch order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Precision = "fp32"  # autocast, CUDA only
     eval_train: bool = False  # re-score the training set every epoch (costs a training epoch)

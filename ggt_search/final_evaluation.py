@@ -58,7 +58,7 @@ def evaluate_seeds(config: RunConfig, seeds: list[int], out: Path, workers: int 
         todo = []
         for seed in seeds:
             if finished_result(out / f"seed-{seed}") is not None:
-                _check_same_config(out / f"seed-{seed}", config, seed)
+                check_same_config(out / f"seed-{seed}", config.with_overrides(train={"seed": seed}))
                 print(f"seed {seed}: done already ({out / f'seed-{seed}' / 'result.json'})")
             else:
                 todo.append(seed)
@@ -104,9 +104,12 @@ def finished_result(run_dir: Path) -> dict | None:
     return None
 
 
-def _check_same_config(run_dir: Path, config: RunConfig, seed: int) -> None:
-    """A finished seed is reused only if it trained this very config (the device aside)."""
-    difference = config_difference(config.with_overrides(train={"seed": seed}), RunConfig.load(run_dir / "config.yaml"))
+def check_same_config(run_dir: Path, config: RunConfig) -> None:
+    """A run folder is reused (a finished seed kept, or a run trained again over it) only if it
+    holds this very config (the device aside); a folder of another run is refused, never overwritten."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    difference = config_difference(config, RunConfig.load(run_dir / "config.yaml"))
     if difference:
         field, stored, wanted = difference
         raise UserError(

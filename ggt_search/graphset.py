@@ -138,6 +138,7 @@ class GraphSet:
                     )
                     for g in range(self.num_graphs)
                 ],
+                f"cycle counts of {self.name}",
             )
             counts = {
                 "atoms": torch.from_numpy(np.concatenate([a for a, _ in per_graph])),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import Pool
 
@@ -19,6 +20,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from ggt_search.config import CYCLE_LENGTHS
+from ggt_search.progress import progress
 
 RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with row numbers
 
@@ -173,11 +175,11 @@ def cycle_counts(graph: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]
     return atoms, bonds
 
 
-def parallel_map(fn, items: list, serial_below: int = 2000) -> list:
+def parallel_map(fn, items: list, desc: str | None = None, serial_below: int = 2000) -> list:
     """[fn(x) for x in items], over every core this process may use, when there are enough
-    items to pay for starting the processes (featurizing molpcba-sized sets is core-bound)."""
+    items to pay for starting the processes (featurizing molpcba-sized sets is core-bound);
+    `desc` names the step on its progress bar (None: no bar, the caller shows its own)."""
     cores = len(os.sched_getaffinity(0))
-    if len(items) < serial_below or cores == 1:
-        return [fn(x) for x in items]
-    with Pool(cores) as pool:
-        return pool.map(fn, items, chunksize=256)
+    with Pool(cores) if len(items) >= serial_below and cores > 1 else nullcontext() as pool:
+        results = map(fn, items) if pool is None else pool.imap(fn, items, chunksize=256)  # imap keeps map's order
+        return list(results if desc is None else progress(results, len(items), desc, "molecules"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ggt_search.indexing import ptr_to_counts, ranges
+from ggt_search.progress import Progress
 
 ZERO_EIGENVALUE = 1e-6
 
@@ -33,10 +34,12 @@ def laplacian_pe(edges: torch.Tensor, node_ptr: torch.Tensor, edge_ptr: torch.Te
     pe = torch.zeros(int(node_ptr[-1]), k, dtype=torch.float32)
     if k == 0:
         return pe
-    for n in torch.unique(num_nodes).tolist():
-        graphs = torch.nonzero(num_nodes == n).flatten()
-        pe_rows = node_ptr[graphs, None] + torch.arange(n)  # [g, n] rows of `pe`
-        pe[pe_rows] = _eigenvectors_of_same_size(edges, edge_ptr, graphs, n, k)
+    with Progress(len(num_nodes), f"Laplacian PEs (k={k})", "graphs") as bar:
+        for n in torch.unique(num_nodes).tolist():
+            graphs = torch.nonzero(num_nodes == n).flatten()
+            pe_rows = node_ptr[graphs, None] + torch.arange(n)  # [g, n] rows of `pe`
+            pe[pe_rows] = _eigenvectors_of_same_size(edges, edge_ptr, graphs, n, k)
+            bar.update(len(graphs))
     return pe
 
 

@@ -10,7 +10,10 @@ objective and the loss curve, and `train.init` fine-tunes from it (the task head
 
 Leakage guard: when a downstream dataset is named, every corpus molecule that is in its
 validation or test split (same canonical SMILES) is removed before training, and the
-count is reported.
+count is reported; without one, it says that none ran. Each epoch's masking loss is printed
+beside the loss of predicting the corpus's element frequencies, so a loss that did not fall
+below it shows a model that learned nothing from the graphs. A folder holding a checkpoint
+of other settings is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from torch import nn
 from ggt_search.batching import DeviceGraphs
 from ggt_search.config import DatasetSpec, RunConfig
 from ggt_search.datasets import held_out_smiles, load_corpus
+from ggt_search.errors import UserError
 from ggt_search.model import GatedGraphTransformer, training_cycle_maxima
+from ggt_search.progress import progress
 from ggt_search.steps import make_step, train_steps
 from ggt_search.train import training_device
 
@@ -106,9 +111,64 @@ def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch
     return (torch.where(rows, per_row, 0.0).sum() if padded else per_row) / rows.sum().clamp(min=1)
 
 
+def recorded_settings(settings: PretrainSettings) -> dict:
+    """What decides a checkpoint's weights, as JSON values (the device aside): stored in pretrained.json,
+    so that a rerun into the same --out can tell whether it would make the same checkpoint."""
+    config = settings.config.to_dict()
+    config["train"].pop("device")
+    return {
+        "corpus": str(settings.corpus),
+        "smiles_column": settings.smiles_column,
+        "max_molecules": settings.max_molecules,
+        "mask_rate": settings.mask_rate,
+        "mask_bonds": settings.mask_bonds,
+        "downstream": [spec.to_dict() for spec in settings.downstream],
+        "config": config,
+    }
+
+
+def check_same_settings(settings: PretrainSettings) -> None:
+    """A folder that holds a checkpoint of other settings is refused, never overwritten."""
+    if not (settings.out / "pretrained.pt").exists():
+        return
+    fix = f"pass another --out, or delete {settings.out} to pre-train again"
+    try:
+        stored = json.loads((settings.out / "pretrained.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{settings.out} holds a checkpoint whose settings are not recorded; {fix}") from None
+    wanted = recorded_settings(settings)
+    for key, value in flat(wanted).items():
+        if flat(stored).get(key) != value:
+            raise UserError(
+                f"{settings.out} holds a checkpoint pre-trained with {key} = {flat(stored).get(key)!r}, "
+                f"not {value!r}; {fix}"
+            )
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    """{"config": {"train": {"lr": 1e-3}}} -> {"config.train.lr": 1e-3}."""
+    out = {}
+    for key, value in values.items():
+        out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def frequency_loss(corpus, mask_bonds: bool) -> float:
+    """The masking loss of always predicting the corpus's element frequencies (and bond-type frequencies,
+    with mask_bonds): the entropy of those frequencies, in nats. Atoms are masked uniformly at random, and so
+    are the bonds touching them, so a model that learned nothing from the graph scores this; below it, it did."""
+
+    def entropy(values: torch.Tensor, classes: int) -> float:
+        p = torch.bincount(values, minlength=classes).double() / len(values)
+        return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+    return entropy(corpus.atoms[:, 0], ELEMENTS) + (entropy(corpus.bonds[:, 0], BOND_TYPES) if mask_bonds else 0.0)
+
+
 def pretrain(settings: PretrainSettings) -> dict:
     cfg = settings.config
     device = training_device(cfg.train)  # before the corpus is read: a device this machine has
+    check_same_settings(settings)
     exclude = set().union(*(held_out_smiles(spec) for spec in settings.downstream))
     corpus, removed = load_corpus(settings.corpus, settings.smiles_column, settings.max_molecules, exclude)
     names = ", ".join(spec.name for spec in settings.downstream)
@@ -116,6 +176,12 @@ def pretrain(settings: PretrainSettings) -> dict:
         print(
             f"leakage guard: removed {removed} corpus molecule(s) that are in the validation or test split of {names}"
         )
+    else:
+        print(
+            "leakage guard: none ran (no --dataset or --exclude-datasets): corpus molecules that are in a "
+            "downstream dataset's validation or test split stay in the corpus"
+        )
+    reference = frequency_loss(corpus, settings.mask_bonds)
     torch.manual_seed(cfg.train.seed)
     data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
     cycle_maxima = training_cycle_maxima(corpus) if cfg.model.substructures else None
@@ -125,14 +191,18 @@ def pretrain(settings: PretrainSettings) -> dict:
     step = make_step(PretrainingModel(model, head), loss, cfg.train, device)  # bf16, compile, CUDA graphs, as fit's
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     curve, start = [], time.perf_counter()
+    num_batches = math.ceil(len(data.split["train"]) / cfg.train.batch_size)
     for epoch in range(1, cfg.train.epochs + 1):
         batches = data.batches(
             data.split["train"], cfg.train.batch_size, shuffle=True, generator=shuffle, padded=cfg.train.padded
         )
-        curve.append(train_steps(step, batches))
+        curve.append(train_steps(step, progress(batches, num_batches, f"pre-training epoch {epoch}", "batches")))
         if not math.isfinite(curve[-1]):
             raise RuntimeError(f"pre-training loss is {curve[-1]} at epoch {epoch}; lower --lr")
-        print(f"epoch {epoch:3d}  masking loss {curve[-1]:.4f}", flush=True)
+        print(
+            f"epoch {epoch:3d}  masking loss {curve[-1]:.4f}  (predicting the corpus's frequencies: {reference:.4f})",
+            flush=True,
+        )
     seconds = time.perf_counter() - start
     summary = {
         "objective": f"attribute masking (the element of {settings.mask_rate:.0%} of atoms"
@@ -145,6 +215,8 @@ def pretrain(settings: PretrainSettings) -> dict:
             "downstream": names or None,
         },
         "loss_curve": curve,
+        "frequency_loss": reference,  # the loss of predicting the corpus's element (and bond-type) frequencies
+        "settings": recorded_settings(settings),
         "graphs_per_second": round(cfg.train.epochs * corpus.num_graphs / seconds, 1),
         "device": str(device),
     }

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 @dataclass
 class TrialRecord:
     config: dict | None = None  # the resolved RunConfig (to_dict) the run trained
+    dataset: str | None = None  # its dataset's name and its training seed (also in config), for the dashboard
+    seed: int | None = None
     parameters: int | None = None
     environment: dict | None = None  # provenance at run time: commit, code_sha256, package versions, device, threads
     curve: list[float] = field(default_factory=list)  # validation metric per epoch

@@ -10,12 +10,14 @@ import math
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
-
-import optuna
+from typing import TYPE_CHECKING
 
 from ggt_search.config import ModelConfig, RunConfig, TrainConfig, read_yaml_mapping
 from ggt_search.errors import UserError
 from ggt_search.train import training_device
+
+if TYPE_CHECKING:
+    import optuna
 
 SECTIONS = {"model": {f.name for f in fields(ModelConfig)}, "train": {f.name for f in fields(TrainConfig)}}
 KINDS = ("choices", "int", "float")
@@ -25,11 +27,20 @@ def packaged_space(name: str) -> Path:
     return Path(str(resources.files("ggt_search") / "spaces" / f"{name}.yaml"))
 
 
+def packaged_spaces() -> list[str]:
+    """The names of the spaces that come with the package (`default`, `quick`)."""
+    return sorted(path.name.removesuffix(".yaml") for path in packaged_space("default").parent.glob("*.yaml"))
+
+
 def load_space(path: str | Path | None = None) -> dict:
-    """A space file, or a packaged space by name (`default`, `quick`), checked entry by entry."""
+    """A space file, or a packaged space by name (`packaged_spaces`), checked entry by entry."""
     path = Path(path or "default")
     if not path.exists() and packaged_space(str(path)).exists():
         path = packaged_space(str(path))
+    if not path.exists():
+        raise UserError(
+            f"search space {path} not found: give a YAML file, or a packaged space ({', '.join(packaged_spaces())})"
+        )
     space = read_yaml_mapping(path, "search space", "of <section>.<field> keys")
     if not space:
         raise UserError(f"search space {path} is empty; it must be a mapping of <section>.<field> keys")

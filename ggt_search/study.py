@@ -42,7 +42,15 @@ from ggt_search.storage import (
     open_storage,
 )
 from ggt_search.train import training_device
-from ggt_search.trials import FINISHED, SurplusTrial, fail_stale_trials, run_trials, running_note, train_trial
+from ggt_search.trials import (
+    FINISHED,
+    ProgressLine,
+    SurplusTrial,
+    fail_stale_trials,
+    run_trials,
+    running_note,
+    train_trial,
+)
 from ggt_search.workers import run_workers
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -345,7 +353,7 @@ def run_worker(job: tuple[SearchSettings, dict, GraphSet | None], worker: int = 
         objective,
         n_trials=left if settings.workers == 1 else None,
         timeout=settings.timeout,
-        total=settings.trials,
+        line=ProgressLine(settings.trials, settings.workers),
         stop=lambda s: remaining(s, settings.trials) == 0,
     )
 

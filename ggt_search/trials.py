@@ -5,7 +5,7 @@
 - a trial whose worker was killed goes stale, and the next run fails it and retries it with the
   same parameters (`fail_stale_trials`; `running_note` says when that will be);
 - a worker that asks for work when there is none left stands down (`SurplusTrial`);
-- each finished trial prints one progress line (`ProgressLine`);
+- its epochs show as a progress bar, and each finished trial prints one progress line (`ProgressLine`);
 - a final evaluation stores its validation and test predictions in the study's artifact store
   (`store_predictions`, read back with `load_predictions`).
 """
@@ -29,6 +29,7 @@ from ggt_search.config import RunConfig
 from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
 from ggt_search.files import DiskFull
+from ggt_search.progress import Progress, duration
 from ggt_search.record import TrialRecord
 from ggt_search.storage import MISSED_BEATS, heartbeat_ages
 from ggt_search.train import NonFiniteLoss, Predictions, RunResult, Trainer, environment
@@ -49,6 +50,7 @@ def train_trial(
     prune: bool,
     store: FileSystemArtifactStore | None = None,
     first_step: int = 0,
+    name: str | None = None,
 ) -> RunResult:
     """Train `config` as this trial's run, writing its TrialRecord as the run goes.
 
@@ -59,25 +61,33 @@ def train_trial(
     first_step: the steps this trial reported before this run (a trial over several seeds
     trains them one after another, each seed's epochs after the last one's: a trial reports
     one step sequence); its epochs and curve go on from there.
+    name: what its progress bar calls the run (default "trial N").
     """
     if first_step:  # a later seed of the trial: its record goes on
         record = TrialRecord(curve=list(trial.user_attrs.get("curve", [])))
     else:
         record = TrialRecord()
-        record.write(trial, config=config.to_dict())  # first: a config that cannot start is recorded with its failure
+        # first: a config that cannot even start is recorded with its failure
+        record.write(trial, config=config.to_dict(), seed=config.train.seed)
     trainer = Trainer(config, graphs)
     # What a fine-tuned run started from, by content: a checkpoint rebuilt under the same path is another start.
     started_from = {"init_sha256": file_sha256(Path(config.train.init))} if config.train.init else {}
-    record.write(trial, environment=environment(trainer.device) | started_from)
+    record.write(trial, environment=environment(trainer.device) | started_from, dataset=trainer.graphs.name)
+
+    bar = Progress(config.train.epochs, name or f"trial {trial.number}", "epochs")
 
     def on_epoch(epoch) -> None:
         step = first_step + epoch.epoch
         trial.report(epoch.valid_metric, step)
         record.write(trial, epochs=step, curve=[*record.curve, epoch.valid_metric])
+        bar.update(note=f"valid {trainer.graphs.metric} {epoch.valid_metric:.4f}")
         if prune and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch.epoch}" + (f" (step {step})" if first_step else ""))
 
-    result = trainer.fit(on_epoch=on_epoch, evaluate_test=final, on_start=lambda n: record.write(trial, parameters=n))
+    with bar:
+        result = trainer.fit(
+            on_epoch=on_epoch, evaluate_test=final, on_start=lambda n: record.write(trial, parameters=n)
+        )
     record.write(
         trial,
         best_epoch=result.best_epoch,
@@ -157,14 +167,29 @@ def recorded(
     return run
 
 
-class ProgressLine:
-    """One line per finished trial: state, value, best so far, and how far the study is."""
+def finished_count(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+    """Trials finished up to this one, itself included: each finished trial gets a count of its own,
+    even when two workers finish at once (their callbacks see the same study)."""
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    return sum(1 for t in finished if t.datetime_complete <= trial.datetime_complete)
 
-    def __init__(self, total: int | None):
-        self.total = total
+
+def time_left(study: optuna.Study, runs_left: int, workers: int) -> str:
+    """'; about 3 h 20 min left' at the study's mean time per finished trial, shared by `workers`."""
+    seconds = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=FINISHED) if t.duration]
+    if not seconds or runs_left <= 0:
+        return ""
+    return f"; about {duration(sum(seconds) / len(seconds) * runs_left / workers)} left"
+
+
+class ProgressLine:
+    """A search's line per finished trial: state, value, the best so far, how far the study is and the time left."""
+
+    def __init__(self, total: int | None, workers: int = 1):
+        self.total, self.workers = total, workers
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = finished_count(study, trial)
         value = "" if trial.value is None else f" value {trial.value:.4f}"
         try:
             best = f"  best {study.best_value:.4f} (trial {study.best_trial.number})"
@@ -172,9 +197,10 @@ class ProgressLine:
             best = ""
         reason = TrialRecord.of(trial).reason
         progress = f"[{done}/{self.total}]" if self.total else f"[{done}]"
+        left = time_left(study, self.total - done, self.workers) if self.total else ""
         print(
             f"{progress} trial {trial.number} {trial.state.name.lower()}{value}{best}"
-            f"{'  (' + reason + ')' if reason and trial.state != TrialState.COMPLETE else ''}",
+            f"{'  (' + reason + ')' if reason and trial.state != TrialState.COMPLETE else ''}{left}",
             flush=True,
         )
 
@@ -185,10 +211,10 @@ def run_trials(
     *,
     n_trials: int | None,
     timeout: float | None,
-    total: int | None,
+    line: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
     stop: Callable[[optuna.Study], bool],
 ) -> None:
-    """study.optimize with our rules: failures recorded and caught, one progress line per trial;
+    """study.optimize with our rules: failures recorded and caught, one progress `line` per trial;
     a full disk stops the study, and is raised (one line) once the trial is recorded."""
 
     def stop_when_done(study: optuna.Study, trial) -> None:
@@ -201,7 +227,7 @@ def run_trials(
         n_trials=n_trials,
         timeout=timeout,
         catch=(Exception,),
-        callbacks=[ProgressLine(total), stop_when_done],
+        callbacks=[line, stop_when_done],
         gc_after_trial=True,
     )
     if disk_full:

@@ -15,6 +15,7 @@ from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
 from ggt_search.record import StudyRecord
 from ggt_search.report import build_report
+from ggt_search.report.ablation import ablation_runs
 from ggt_search.report.statistics import holm, paired_comparison
 from tests.conftest import ROOT, age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
@@ -55,7 +56,13 @@ def test_every_variant_and_seed_runs_once_and_resumes(ablation_storage, bbbp_csv
     assert all(t.state == optuna.trial.TrialState.COMPLETE and 0 <= t.user_attrs["test"] <= 1 for t in study.trials)
     ablation = load_ablation(folder / "conv.yaml", dataset={"name": str(bbbp_csv)}, seeds="0-3")  # one more seed
     (again,) = run_ablation(AblationSettings(ablation, "conv", storage))
-    assert "3 runs to do" in capsys.readouterr().out  # only seed 3 of each variant
+    out = capsys.readouterr().out
+    assert "3 runs to do" in out  # only seed 3 of each variant
+    # one line per run: its count in the grid (each its own), which run, its scores, no search's "best"
+    lines = re.findall(r"^\[(\d+)/12\] bbbp300 (\w+) seed 3: valid rocauc [\d.]+, test [\d.]+ in \d+ s(.*)$", out, re.M)
+    assert sorted(count for count, _, _ in lines) == ["10", "11", "12"]
+    assert sorted(variant for _, variant, _ in lines) == ["baseline", "gcn", "mlp"]
+    assert [left for count, _, left in lines if count == "12"] == [""] and "best" not in out
     assert len(again.trials) == 12
 
 
@@ -191,7 +198,7 @@ def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=1200,2000",
+        "--window-size=1280,2000",  # a laptop's width
         "--disable-background-networking",
         f"--user-data-dir={tmp_path / 'chrome'}",
     ):
@@ -202,6 +209,10 @@ def test_report_renders_in_headless_chromium(ablation_storage, tmp_path):
         assert all(
             driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         )
+        page, window = driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert page <= window, "the page scrolls sideways at a laptop's width"
         driver.save_screenshot(str(tmp_path / "shot.png"))
     finally:
         driver.quit()
@@ -464,3 +475,32 @@ def test_the_packaged_cpu_suite_replaces_the_files_datasets(moleculenet, tmp_pat
         "ogbg-molfreesolv",
     ]
     assert all(d.source == str(moleculenet) for d in seen[0].datasets)
+
+
+def test_figures_stay_legible_with_19_variants_and_2_seeds(ablation_storage):
+    """The committed study's shape: 19 variants; 2 seeds put a ROC-AUC t-interval far past 1 unless clipped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ggt_search.report import figures
+
+    real = ablation_runs(optuna.load_study(study_name="conv", storage=ablation_storage[1])).runs
+    order = [f"{variant}-copy-{i}" for i in range(7) for variant in ("baseline", "gcn", "mlp")][:19]
+    runs = pd.concat(  # each name a real variant's first two seeds, pushed near the metric's top
+        [real[real.variant == name.split("-")[0]].head(2).assign(variant=name) for name in order]
+    )
+    runs[["valid", "test"]] = 1 - (1 - runs[["valid", "test"]]) / 20
+    with figures.report_style():
+        scores = figures.scores_figure(runs, order, "rocauc")
+        curves = figures.curves_figure(runs, order, "rocauc")
+        ranks = figures.rank_counts_figure(pd.DataFrame(1, index=order, columns=range(1, 20)))
+    renderer = FigureCanvasAgg(scores).get_renderer()
+    for ax in scores.axes:
+        low, high = ax.get_xlim()
+        assert max(t for t in ax.get_xticks() if low <= t <= high) <= 1  # no ROC-AUC above 1 on the axis
+        shown = [t.get_window_extent(renderer) for t in ax.get_yticklabels() if t.get_text()]
+        labels = sorted(shown, key=lambda box: box.y0)
+        assert len(labels) in (0, 19) and all(a.y1 <= b.y0 for a, b in zip(labels, labels[1:]))  # no overlap
+    (ax,) = curves.axes
+    assert len({tuple(line.get_color()) for line in ax.lines}) == 19  # no colour repeats
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1  # the legend beside the data
+    assert {label.get_rotation() for label in ranks.axes[0].get_yticklabels()} == {0}

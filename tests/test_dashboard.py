@@ -1,5 +1,6 @@
 """The dashboard in a real headless browser (Debian's chromium + chromedriver)."""
 
+import re
 import shutil
 import socket
 import subprocess
@@ -9,7 +10,10 @@ import urllib.request
 import optuna
 import pytest
 
+from ggt_search import cli
 from tests.conftest import CLI, interruptible
+from tests.test_ablate_report import ABLATION
+from tests.test_search import bbbp_csv, space  # noqa: F401  (fixtures: 300 real molecules, a tiny space)
 
 
 def free_port() -> int:
@@ -86,3 +90,46 @@ def test_dashboard_shows_the_study_in_a_real_browser(study_storage, tmp_path):
             raise
     assert f"http://127.0.0.1:{port}/dashboard" in output
     assert server.returncode == 0 and "dashboard stopped" in output
+
+
+def study_note(storage: str, name: str) -> str:
+    """The note optuna-dashboard shows on a study's page."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
+
+
+def test_an_ablation_leaves_its_verdicts_as_the_note_and_each_run_its_values(bbbp_csv, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "conv.yaml").write_text(ABLATION)
+    storage = f"sqlite:///{tmp_path}/a.db"
+    assert cli.main(["ablate", str(tmp_path / "conv.yaml"), "--dataset", str(bbbp_csv), "--storage", storage]) == 0
+    assert "(the verdicts are their note in the dashboard)" in capsys.readouterr().out
+    note = study_note(storage, "conv")
+    assert note.startswith("## Ablation: anisotropic convolution (conv)\n") and "### Verdicts" in note
+    assert re.search(r"^gcn vs baseline: .*\(.*95% CI \[", note, re.M) and "mlp vs baseline: " in note
+    assert "![" not in note and "## Reproducibility" not in note and "### bbbp300: scores" not in note
+    for trial in optuna.load_study(study_name="conv", storage=storage).trials:
+        attrs = trial.user_attrs
+        assert attrs["dataset"] == "bbbp300" and attrs["variant"] in ("baseline", "gcn", "mlp")
+        assert attrs["seed"] in (0, 1, 2)
+        assert attrs["parameters"] > 0 and attrs["seconds_per_epoch"] > 0
+
+
+def test_a_search_leaves_its_best_configurations_and_budget_curve_as_the_note(
+    bbbp_csv,  # noqa: F811
+    space,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    argv = ["search", "--study", "s", "--dataset", str(bbbp_csv), "--space", str(space), "--trials", "3"]
+    assert cli.main([*argv, "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--storage", storage]) == 0
+    assert "the report's best configurations are the study's note in the dashboard" in capsys.readouterr().out
+    note = study_note(storage, "s")
+    assert note.startswith("## Search: s\n")
+    assert "### Best configurations" in note and "### Optimisation history" in note
+    curve = re.findall(r"^\|\s+(\d+) \|\s+([\d.]+) \|$", note, re.M)  # the budget curve's rows
+    assert [n for n, _ in curve] == ["1", "2", "3"]
+    assert [float(best) for _, best in curve] == sorted(float(best) for _, best in curve)  # rocauc: best so far
+    assert "Parameter importances" not in note and "![" not in note

@@ -1,12 +1,17 @@
 """Self-supervised pre-training on real molecules, and fine-tuning from its checkpoint."""
 
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from ggt_search import cli, steps
 from ggt_search.batching import DeviceGraphs
 from ggt_search.config import DatasetSpec, ModelConfig, RunConfig
+from ggt_search.datasets import load_corpus
 from ggt_search.errors import UserError
 from ggt_search.model import GatedGraphTransformer
 from ggt_search.pretrain import MaskingHead, PretrainingModel, PretrainSettings, masking_loss, pretrain
@@ -111,9 +116,16 @@ def test_pre_training_takes_the_training_steps_compiled_on_padded_batches(corpus
     assert curve[-1] < 0.7 * curve[0]
 
 
-def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(corpus, bbbp_small, tmp_path):
+def test_pretraining_lowers_the_loss_and_fine_tuning_starts_from_its_weights(corpus, bbbp_small, tmp_path, capsys):
     summary = pretrain(settings_for(corpus, tmp_path / "pt"))
     assert summary["loss_curve"][-1] < 0.7 * summary["loss_curve"][0]
+    # the reference: the entropy of the corpus's element frequencies, which the trained model beats
+    atoms = load_corpus(corpus, None, None, set())[0].atoms[:, 0].numpy()
+    assert summary["frequency_loss"] == pytest.approx(stats.entropy(np.bincount(atoms)))
+    assert 0 < summary["loss_curve"][-1] < summary["frequency_loss"]
+    out = capsys.readouterr().out
+    assert f"masking loss {summary['loss_curve'][0]:.4f}  (predicting the corpus's frequencies: " in out
+    assert "leakage guard: none ran (no --dataset or --exclude-datasets)" in out
     assert summary["corpus"]["molecules"] == 400 and summary["corpus"]["sha256"]
     checkpoint = torch.load(tmp_path / "pt" / "pretrained.pt", weights_only=True)
     assert checkpoint["objective"].startswith("attribute masking") and len(checkpoint["loss_curve"]) == 4
@@ -218,6 +230,9 @@ epochs: 1
     build_report(["pt"], storage, tmp_path / "report")
     assert f"{checkpoint}, sha256 {file_sha256(checkpoint)[:12]}" in (tmp_path / "report" / "report.md").read_text()
 
+    with pytest.raises(UserError, match="pre-trained with config.train.epochs = 1, not 2; pass another --out"):
+        pretrain(settings_for(corpus, tmp_path / "pt", epochs=2))  # a checkpoint is never overwritten by another
+    shutil.rmtree(tmp_path / "pt")
     pretrain(settings_for(corpus, tmp_path / "pt", epochs=2))  # other weights, same path
     with pytest.raises(UserError, match="has changed since"):
         run_ablation(AblationSettings(ablation, "pt", storage))

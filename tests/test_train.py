@@ -1,4 +1,6 @@
 import json
+import tomllib
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from ggt_search.errors import UserError
 from ggt_search.final_evaluation import evaluate_seeds, mean_std, parse_seeds
 from ggt_search.metrics import _score
 from ggt_search.train import Trainer
-from tests.conftest import TINY_FLAGS, tiny_config
+from tests.conftest import ROOT, TINY_FLAGS, tiny_config
 
 
 def test_fit_selects_on_validation_and_writes_a_run_directory(bbbp_small, tmp_path):
@@ -126,6 +128,16 @@ def test_cli_train_end_to_end_on_a_shared_table(moleculenet, tmp_path, capsys):
     assert code == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["metric"] == "rocauc"
     assert "best epoch 1" in capsys.readouterr().out
+
+    # another config into the same folder is refused, one line, and the run there is kept as it was
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()}
+    again = ["train", "--dataset", "ogbg-molbbbp", "--source", str(moleculenet), *TINY_FLAGS, "--epochs", "2"]
+    assert cli.main([*again, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'run'} was trained with train.epochs = 1, not 2; pass another --out, or delete that "
+        "folder to retrain\n"
+    )
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -247,3 +259,33 @@ def test_every_choice_flag_offers_exactly_its_config_fields_options():
         f"{section}.{name}": options for section, cls in sections for name, options in choices(cls).items()
     }
     assert offered == expected and "model.conv" in offered
+
+
+def test_model_and_train_flags_are_explained_by_their_config_fields_comments(capsys):
+    from ggt_search.config import ModelConfig, TrainConfig
+
+    for cls in (ModelConfig, TrainConfig):
+        uncommented = {f.name for f in fields(cls)} - set(cli.field_comments(cls))
+        assert not uncommented, f"{cls.__name__} fields without a comment to explain their flag: {uncommented}"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--pe-dim INT Laplacian eigenvector positional encodings per atom (0: none) (default 10)" in shown
+    assert "--lr NUMBER Adam's learning rate (default 0.001)" in shown
+    assert "--norm {batch,layer,graph,none}" in shown and "MODEL." not in shown and "TRAIN." not in shown
+
+
+def test_version_and_the_search_spaces_are_named(tmp_path, capsys):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out == f"ggt-search {project['version']}\n"
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--help"])
+    assert "default: default" in " ".join(capsys.readouterr().out.split())
+    storage = f"sqlite:///{tmp_path}/search.db"
+    assert cli.main(["search", "--study", "s", "--space", "nosuch", "--storage", storage]) == 2
+    assert capsys.readouterr().err == (
+        "error: search space nosuch not found: give a YAML file, or a packaged space (default, quick)\n"
+    )
+    assert not (tmp_path / "search.db").exists()

@@ -10,6 +10,7 @@ sections use validation scores alone.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -28,6 +29,34 @@ from ggt_search.storage import hide_password, open_storage
 def build_report(names: list[str], storage: str | list[str], out: Path) -> Path:
     """A report of each named search study or ablation (an ablation on several datasets is one name, its
     group), from one storage or several. Ablations that share their baseline runs are one family."""
+    report_page(names, storage, out)[0].write()
+    return out / "index.html"
+
+
+# The sections of a report that answer its question: what `note_markdown` gives the dashboard.
+ANSWERS = {"ablation": ("Verdicts",), "search": ("Optimisation history", "Best configurations")}
+
+
+def note_markdown(name: str, storage: str) -> str:
+    """The report's answer for one search study or ablation group, as Markdown for the dashboard's study
+    note: its opening (what the study is) and its ANSWERS sections, as the report itself writes them.
+    Figures are left out (the note cannot show the report's files; the dashboard draws its own history)."""
+    with tempfile.TemporaryDirectory() as folder:
+        page, studies = report_page([name], storage, Path(folder))
+    kind = StudyRecord.of(studies[0]).kind or "search"
+    kept, keep = [], True
+    for block in page.blocks[1:]:  # the page's own title names the report, not the study
+        if block.startswith("### "):
+            keep = block.removeprefix("### ") in ANSWERS[kind]
+        elif block.startswith("## "):
+            keep = not block.startswith("## Reproducibility")
+        if keep and not block.startswith("!["):
+            kept.append(block)
+    return "\n\n".join(kept) + "\n"
+
+
+def report_page(names: list[str], storage: str | list[str], out: Path) -> tuple[Page, list[optuna.Study]]:
+    """The report's page, not yet written, and the studies it covers."""
     storages = [storage] if isinstance(storage, str) else storage
     stores = [open_storage(s, must_exist=True) for s in storages]
     summaries = [optuna.get_all_study_summaries(store) for store in stores]
@@ -64,9 +93,9 @@ def build_report(names: list[str], storage: str | list[str], out: Path) -> Path:
         for name in names:
             if name not in named:
                 search_sections(page, loaded[name][0])
-    reproducibility(page, [s for name in names for s in loaded[name]], ", ".join(storages))
-    page.write()
-    return out / "index.html"
+    studies = [s for name in names for s in loaded[name]]
+    reproducibility(page, studies, ", ".join(storages))
+    return page, studies
 
 
 def loaded_runs(studies: list[optuna.Study]) -> bool:

@@ -629,7 +629,7 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame) -> N
     page.figure(
         figures.scores_figure(d.runs, order, metric),
         f"scores-{slug}",
-        f"{metric} per variant: dots are seeds; bars the mean with its 95% t-interval",
+        f"{metric} per variant: dots are seeds; bars the mean with its 95% t-interval (within the metric's range)",
     )
     if comparison.empty:
         return

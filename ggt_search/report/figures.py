@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ggt_search.metrics import WIDEST_DIFFERENCE
 from ggt_search.report.statistics import t_interval
 
 
@@ -24,27 +25,43 @@ def report_style():
         yield
 
 
+def score_interval(values: np.ndarray, metric: str) -> tuple[float, float]:
+    """The mean's 95% t-interval, clipped to the scores the metric can take (ROC-AUC and AP in [0, 1], errors
+    >= 0): with two seeds an interval may reach past them, and a score axis above 1 reads as a broken figure."""
+    low, high = t_interval(values)
+    return max(low, 0.0), min(high, WIDEST_DIFFERENCE.get(metric, np.inf))
+
+
+def variant_colours(count: int) -> list:
+    """One colour per variant, none repeated: matplotlib's ten, or evenly spaced hues beyond ten."""
+    return sns.color_palette("tab10" if count <= 10 else "husl", count)
+
+
 def scores_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
-    """Validation and test score of each run per variant, with each variant's mean and 95% t-interval."""
-    fig = Figure(figsize=(11, 3.8))
-    for ax, split in zip(fig.subplots(1, 2), ["valid", "test"]):
-        for x, variant in enumerate(order):
+    """Validation and test score of each run per variant (a row each, so that 19 names stay legible), with
+    each variant's mean and 95% t-interval."""
+    fig = Figure(figsize=(11, 1.2 + 0.32 * len(order)))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, split in zip(axes, ["valid", "test"]):
+        for y, variant in enumerate(order):
             values = runs.loc[runs.variant == variant, split].to_numpy()
             offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
-            ax.scatter(x + offsets, values, color="0.5", s=14, zorder=2)
-            low, high = t_interval(values)
+            ax.scatter(values, y + offsets, color="0.5", s=14, zorder=2)
+            low, high = score_interval(values, metric)
             ax.errorbar(
-                x + 0.3,
                 values.mean(),
-                yerr=[[values.mean() - low], [high - values.mean()]],
+                y - 0.3,
+                xerr=[[values.mean() - low], [high - values.mean()]],
                 fmt="D",
                 color="C3",
                 capsize=3,
                 zorder=3,
             )
-        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(len(order) - 0.5, -0.7)  # the first variant (the baseline) on top
         ax.set_title(split)
-        ax.set_ylabel(metric)
+        ax.set_xlabel(metric)
+    fig.tight_layout()
     return fig
 
 
@@ -128,19 +145,21 @@ def forest_figure(
 
 
 def curves_figure(runs: pd.DataFrame, order: list[str], metric: str) -> Figure:
-    """Validation score per epoch of each variant: the mean over seeds with its 95% t-interval."""
-    fig = Figure(figsize=(7, 4))
+    """Validation score per epoch of each variant: the mean over seeds with its 95% t-interval; the legend
+    beside the axes, where it covers no curve."""
+    fig = Figure(figsize=(7 + (2 if len(order) > 12 else 0), 4))
     ax = fig.subplots()
-    for i, variant in enumerate(order):
+    styles = ["-", "--", ":"] if len(order) > 10 else ["-"]  # neighbouring hues of many variants differ in dash
+    for i, (variant, colour) in enumerate(zip(order, variant_colours(len(order)))):
         curves = runs.loc[runs.variant == variant, "curve"].tolist()
         epochs = min(len(c) for c in curves)
         values = np.array([c[:epochs] for c in curves])
-        bands = np.array([t_interval(values[:, e]) for e in range(epochs)])
-        ax.plot(range(1, epochs + 1), values.mean(0), color=f"C{i % 10}", label=variant)
-        ax.fill_between(range(1, epochs + 1), bands[:, 0], bands[:, 1], color=f"C{i % 10}", alpha=0.15)
+        bands = np.array([score_interval(values[:, e], metric) for e in range(epochs)])
+        ax.plot(range(1, epochs + 1), values.mean(0), color=colour, ls=styles[i % len(styles)], label=variant)
+        ax.fill_between(range(1, epochs + 1), bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"valid {metric}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=2 if len(order) > 12 else 1)
     return fig
 
 
@@ -149,6 +168,7 @@ def rank_counts_figure(counts: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(1.2 + 0.5 * counts.shape[1], 0.8 + 0.4 * len(counts)))
     ax = fig.subplots()
     sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.tick_params(axis="y", labelrotation=0)  # variant names read across, not up the page
     ax.set_xlabel("rank in its (dataset, seed) cell (1 = best)")
     return fig
 
@@ -160,6 +180,8 @@ def history_figure(history: pd.DataFrame) -> Figure:
     ax.scatter(history["trial"], history["value"], color="0.5", s=14, label="trial")
     ax.step(history["trial"], history["best so far"], where="post", color="C3", label="best so far")
     ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, never 0.2 of one
+    ax.set_xlabel("trial")
     ax.set_ylabel("validation metric")
     return fig
 

@@ -15,12 +15,16 @@ from matplotlib.figure import Figure
 
 from ggt_search.files import atomic_write, make_folder, write_text
 
-STYLE = (  # compact, so that an ablation's verdict table and forest figure fit the first screen
-    "body{font-family:system-ui,sans-serif;max-width:1320px;margin:1em auto;padding:0 1em;color:#222;font-size:15px}"
+# Compact, so that an ablation's verdict table and forest figure fit the first screen; and the page never
+# scrolls sideways at a laptop's width: a wide table scrolls inside its own box, long words (hashes, command
+# lines, paths) break, figures shrink to the column.
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1320px;margin:1em auto;padding:0 1em;color:#222;font-size:15px;"
+    "overflow-wrap:anywhere}"
     "h1{font-size:1.5em;margin:.3em 0}h2{font-size:1.25em;margin:.4em 0}h3{font-size:1.1em;margin:.6em 0 .3em}"
-    "table{border-collapse:collapse;margin:.5em 0;font-size:13px;display:block;overflow-x:auto}"
-    "td,th{padding:1px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
-    "img{max-width:100%}"
+    "table{border-collapse:collapse;margin:.5em 0;font-size:13px;display:block;max-width:100%;overflow-x:auto}"
+    "td,th{padding:1px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap;overflow-wrap:normal}"
+    "img{max-width:100%;height:auto}"
     "pre{background:#f5f5f5;padding:1em;overflow-x:auto}"
 )
 

@@ -46,6 +46,8 @@ def search_sections(page: Page, study: optuna.Study) -> None:
         f"history-{name}",
         "Validation metric of each completed trial, and the best so far",
     )
+    page.text("The budget curve: the best validation score after each doubling of the completed trials.")
+    page.table(budget_curve(history), floatfmt=["g", ".4f"])  # trial counts as integers
 
     expected_best_section(page, trials, higher, name)
 
@@ -125,6 +127,14 @@ def search_sections(page: Page, study: optuna.Study) -> None:
         figures.design_ranks_figure(ranks),
         f"design-ranks-{name}",
         "Each choice's rank within each group that varied its dimension (1 = best)",
+    )
+
+
+def budget_curve(history: pd.DataFrame) -> pd.DataFrame:
+    """The best so far after 1, 2, 4, ... completed trials, and after all of them: what more trials bought."""
+    counts = sorted({*(2**k for k in range(len(history).bit_length()) if 2**k <= len(history)), len(history)})
+    return pd.DataFrame(
+        {"completed trials": counts, "best valid": [history["best so far"].iloc[n - 1] for n in counts]}
     )
 
 

@@ -5,7 +5,6 @@ a progress bar, since a corpus may hold millions of molecules.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,10 +37,10 @@ class Corpus(Source):
     def read(self, path: Path) -> GraphSet:
         import pandas as pd
         import torch
-        from tqdm import tqdm
 
         from ggt_search.graphset import GraphSet
         from ggt_search.molecules import canonical_smiles, featurize, parallel_map
+        from ggt_search.progress import Progress
 
         try:
             with reading(path):
@@ -51,13 +50,14 @@ class Corpus(Source):
         except (StopIteration, ValueError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
             raise UserError(f"{path} has no SMILES column of that name; name it with --smiles-column") from None
         molecules, self.excluded = [], 0
-        with reading(path):
-            for frame in tqdm(reader, desc=f"featurizing {path.name}", unit="chunk", disable=not sys.stderr.isatty()):
+        with reading(path), Progress(self.max_molecules, f"featurizing {path.name}", "molecules") as bar:
+            for frame in reader:
                 smiles = frame[column].astype(str).tolist()
                 canonical = parallel_map(canonical_smiles, smiles)
                 keep = [s for s, c in zip(smiles, canonical, strict=True) if c is not None and c not in self.exclude]
                 self.excluded += sum(1 for c in canonical if c is not None and c in self.exclude)
                 molecules += [g for g in parallel_map(featurize, keep) if g is not None]
+                bar.update(len(smiles))
         if not molecules:
             raise UserError(f"no molecule of {path} could be parsed; check the SMILES column")
         return GraphSet.from_molecules(

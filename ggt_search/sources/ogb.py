@@ -82,7 +82,8 @@ class OgbDownload(DatasetSource):
 
         from ggt_search.molecules import parallel_map, scaffold_of_smiles
 
-        return parallel_map(scaffold_of_smiles, pd.read_csv(path / "mapping" / "mol.csv.gz")["smiles"].tolist())
+        smiles = pd.read_csv(path / "mapping" / "mol.csv.gz")["smiles"].tolist()
+        return parallel_map(scaffold_of_smiles, smiles, f"scaffolds of {self.spec.name}")
 
 
 def download(name: str) -> Path:

@@ -128,7 +128,7 @@ class TableSource(DatasetSource):
         from ggt_search.molecules import featurize, parallel_map
 
         smiles, labels = self.table(path)
-        parsed = parallel_map(featurize, smiles.tolist())
+        parsed = parallel_map(featurize, smiles.tolist(), f"featurizing {path.name}")
         invalid = [row for row, graph in enumerate(parsed) if graph is None]
         if invalid:
             lines = ", ".join(str(r + 2) for r in invalid[:10]) + (" ..." if len(invalid) > 10 else "")
@@ -158,13 +158,15 @@ class TableSource(DatasetSource):
         from ggt_search.molecules import canonical_smiles, parallel_map
 
         smiles, _ = self.table(path)
-        return [c for c in parallel_map(canonical_smiles, smiles.tolist()) if c is not None]  # the GraphSet's rows
+        canonical = parallel_map(canonical_smiles, smiles.tolist(), f"canonical SMILES of {path.name}")
+        return [c for c in canonical if c is not None]  # the GraphSet's rows
 
     def scaffolds(self, path: Path) -> list[str]:
         from ggt_search.molecules import parallel_map, scaffold_of_smiles
 
         smiles, _ = self.table(path)
-        return [s for s in parallel_map(scaffold_of_smiles, smiles.tolist()) if s is not None]  # the GraphSet's rows
+        scaffolds = parallel_map(scaffold_of_smiles, smiles.tolist(), f"scaffolds of {path.name}")
+        return [s for s in scaffolds if s is not None]  # the GraphSet's rows
 
 
 FIXES = {
