@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from ggt_search.config import ModelConfig, RunConfig, TrainConfig, read_yaml_mapping
 from ggt_search.errors import UserError
-from ggt_search.train import training_device
 
 if TYPE_CHECKING:
     import optuna
@@ -133,6 +132,8 @@ def check_space(space: dict, base: RunConfig, path) -> None:
     device it has, a precision it runs): a bad value is an error now, before a study exists, not a
     failed trial later."""
     where = f"search space {path or 'default'}"
+    from ggt_search.train import training_device  # here: torch waits until a space is checked, not for --help
+
     for key, spec in space.items():
         if not isinstance(spec, dict):
             candidates = [spec]

@@ -47,6 +47,7 @@ from ggt_search.trials import (
     ProgressLine,
     SurplusTrial,
     fail_stale_trials,
+    finished_count,
     run_trials,
     running_note,
     train_trial,
@@ -471,7 +472,18 @@ def _confirm_worker(job: tuple[SearchSettings, str], worker: int, device: str) -
         return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     if not queue_empty(runs):
-        run_trials(runs, objective, n_trials=None, timeout=None, total=None, stop=queue_empty)
+        run_trials(runs, objective, n_trials=None, timeout=None, line=confirmation_line, stop=queue_empty)
+
+
+def confirmation_line(runs: optuna.Study, run: optuna.trial.FrozenTrial) -> None:
+    """A confirmation's line per finished run: which trial and seed, its validation score, how many are done."""
+    number, seed = _confirm_key(run)
+    outcome = f"valid {run.value:.4f}" if run.value is not None else run.state.name.lower()
+    print(
+        f"[{finished_count(runs, run)}/{len(runs.get_trials(deepcopy=False))}] confirming trial {number} "
+        f"seed {seed}: {outcome}",
+        flush=True,
+    )
 
 
 def confirmed_winner(runs: optuna.Study, top: list[optuna.trial.FrozenTrial], seeds: list[int]) -> dict:

@@ -525,12 +525,18 @@ MODEL_FLAGS = [
 ]
 
 
+class EmptyStudy:
+    def get_trials(self, **_):
+        return []
+
+
 @FEW
 @given(flag=st.sampled_from(SEARCH_FLAGS + MODEL_FLAGS), text=NUMBERS)
 def test_any_numeric_flag_is_refused_by_name_or_reaches_the_search_as_written(flag, text, capsys, monkeypatch):
     """Refused: exit 2, one line naming the flag (or its config field). Accepted: the search gets the number."""
     got = []
-    monkeypatch.setattr("ggt_search.study.search", got.append)
+    # The search itself is stubbed: it takes the settings and returns a study with no trials (so no report note).
+    monkeypatch.setattr("ggt_search.study.search", lambda settings: got.append(settings) or EmptyStudy())
     folder = Path(tempfile.mkdtemp())
     monkeypatch.chdir(folder)
     argv = ["search", "--study", "s", f"{flag}={text}"]

@@ -589,7 +589,9 @@ def test_expected_best_of_n_trials_is_the_mean_best_of_every_draw():
     assert expected_maximum(values)[0] == pytest.approx(values.mean()) and expected_maximum(values)[-1] < values.max()
 
 
-def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_csv, space, capsys, monkeypatch):
+def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(
+    tmp_path, bbbp_csv, space, capsys, monkeypatch, request
+):
     """search --seeds-per-trial 2 --confirm-top 2 from the CLI: per-seed scores on each trial, one step sequence,
     a confirmation that never reads test and resumes, evaluate and ablate --from-study on its winner, the report."""
     from ggt_search.record import StudyRecord
@@ -601,6 +603,7 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(tmp_path, bbbp_
     command += ["--dataset", str(bbbp_csv), "--device", "cpu", "--storage", storage, "--seeds-per-trial", "2"]
     command += ["--seed", "3", "--confirm-seeds", "2"]
     never_test = pytest.MonkeyPatch()
+    request.addfinalizer(never_test.undo)  # a failure before the undo below must not leak the patch
     for method in ("evaluate", "predictions"):
         original = getattr(Trainer, method)
         never_test.setattr(
