@@ -268,24 +268,15 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     for d in datasets:
         if len(d.order) == 1:  # no variant has finished a run yet
             continue
-        by_cell = {v: d.runs[d.runs.variant == v].set_index("cell") for v in d.order}
-        base = by_cell[BASELINE]
-        margin = d.info.get("effect") or default_margin(d.metric, float(base["test"].mean()))
-        flagged = suspect(
-            {v: float(by_cell[v]["test"].mean()) for v in d.order},
-            {v: float(by_cell[v]["trivial"].mean()) for v in d.order},
-            d.higher,
-        )
+        means = d.runs.groupby("variant")[["test", "trivial"]].mean().reindex(d.order)  # the baseline first
+        margin = d.info.get("effect") or default_margin(d.metric, float(means.loc[BASELINE, "test"]))
+        flagged = suspect(means["test"].to_dict(), means["trivial"].to_dict(), d.higher)
         rows, differences = [], {}
-        for variant in d.order[1:]:
-            cells = sorted(set(by_cell[variant].index) & set(base.index))
-            own = by_cell[variant].loc[cells]
-            diff = own["test"] - base.loc[cells, "test"]
-            test = paired_comparison(
-                own["test"].to_numpy(), base.loc[cells, "test"].to_numpy(), family, d.info.get("effect")
-            )
-            valid = paired_comparison(own["valid"].to_numpy(), base.loc[cells, "valid"].to_numpy(), family)
-            both = pd.concat([own, base.loc[cells]])
+        for variant, own, base in d.paired():
+            diff = own["test"] - base["test"]
+            test = paired_comparison(own["test"].to_numpy(), base["test"].to_numpy(), family, d.info.get("effect"))
+            valid = paired_comparison(own["valid"].to_numpy(), base["valid"].to_numpy(), family)
+            both = pd.concat([own, base])
             row = {
                 "dataset": d.dataset,
                 "variant": variant,
@@ -300,7 +291,7 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
                 "late_share": float(((both.ran >= both.budget) & (both.best_epoch > (1 - LATE) * both.budget)).mean()),
                 "budget": int(both.budget.max()),
                 "seconds_per_epoch": float(own.seconds_per_epoch.mean()),
-                "seconds_ratio": float(own.seconds_per_epoch.mean() / base.loc[cells, "seconds_per_epoch"].mean()),
+                "seconds_ratio": float(own.seconds_per_epoch.mean() / base.seconds_per_epoch.mean()),
             }
             if test["testable"]:
                 row["p_tost"] = tost_p(diff.to_numpy(), margin)
