@@ -28,7 +28,7 @@ from ggt_search.storage import hide_password
 
 if TYPE_CHECKING:
     from ggt_search.config import DatasetSpec
-    from ggt_search.datasets import GraphSet
+    from ggt_search.graphset import GraphSet
 
 
 @dataclass
@@ -79,6 +79,7 @@ class StudyRecord:
     sampler: str | None = None  # search
     pruner: str | None = None  # search
     seeds_per_trial: int | None = None  # search: a trial's value is its mean validation score over this many seeds
+    base: dict | None = None  # search: the model and train fields its trials start from, outside the space
     confirmation: dict | None = None  # search: its confirmation study, top trials, fresh seeds and winner (`confirm`)
     group: str | None = None  # ablation: its name over the studies of all its datasets
     ablation: dict | None = None  # ablation: name, idea, question, baseline config, variants, seeds, effect

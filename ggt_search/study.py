@@ -26,9 +26,10 @@ from optuna.artifacts import get_all_artifact_meta, upload_artifact
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, RunConfig
-from ggt_search.datasets import GraphSet, load_dataset
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.files import file_sha256, make_folder, save_tensors
+from ggt_search.graphset import GraphSet
 from ggt_search.metrics import TRIVIAL, is_better
 from ggt_search.record import StudyRecord, TrialRecord
 from ggt_search.space import check_space, grid, load_space, suggest
@@ -132,11 +133,28 @@ SEARCH_DEFINED_BY = (
     "sampler",
     "pruner",
     "seeds_per_trial",
+    "base",
 )
+# How a trial is run, not what it trains: a resume may change these (e.g. move to a GPU, or compile).
+EXECUTION_FIELDS = {("train", "device"), ("train", "compile"), ("train", "cuda_graphs"), ("train", "eval_train")}
+
+
+def searched_base(base: RunConfig, space: dict) -> dict:
+    """The model and train fields every trial starts from: the base config, less the fields the space
+    samples (they vary by trial) and the execution fields."""
+    return {
+        section: {
+            key: value
+            for key, value in base.to_dict()[section].items()
+            if f"{section}.{key}" not in space and (section, key) not in EXECUTION_FIELDS
+        }
+        for section in ("model", "train")
+    }
 
 
 def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> StudyRecord:
-    """What defines this search: its dataset, metric and direction, budget, space, sampler and pruner."""
+    """What defines this search: its dataset, metric and direction, budget, space, sampler, pruner and
+    the config its trials start from."""
     return StudyRecord.new(
         "search",
         settings.base.dataset,
@@ -146,6 +164,7 @@ def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> St
         sampler=settings.sampler,
         pruner=settings.pruner,
         seeds_per_trial=settings.seeds_per_trial,
+        base=searched_base(settings.base, space),
     )
 
 

@@ -385,7 +385,8 @@ def test_cpu_workers_share_the_cores(tmp_path, bbbp_csv):
 
 
 def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, moleculenet, space):
-    """Another dataset (or the same file changed), epoch budget or space would pool two experiments' trials."""
+    """Another dataset (or the same file changed), epoch budget, space or base config would pool two
+    experiments' trials; how trials run (eval_train here), and base fields the space samples, may change."""
     dataset = tmp_path / "bbbp.csv"
     dataset.write_bytes(bbbp_csv.read_bytes())
     base = settings(tmp_path, bbbp_csv, space).base.with_overrides(dataset={"name": str(dataset)}, train={"epochs": 1})
@@ -403,6 +404,8 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
         "space.model.layers.int": more | {"space_file": str(other_space)},
         "sampler": more | {"sampler": "random"},
         "seeds_per_trial": more | {"seeds_per_trial": 2},
+        "base.model.dropout": more | {"base": first["base"].with_overrides(model={"dropout": 0.2})},
+        "base.train.seed": more | {"base": first["base"].with_overrides(train={"seed": 5})},
     }
     for field, changed in resumes.items():
         with pytest.raises(UserError, match=rf"study s holds a search with {field} = .*pass --study NEW") as refused:
@@ -412,6 +415,10 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
     with pytest.raises(UserError, match="study s holds a search with checksum = "):
         search(settings(tmp_path, bbbp_csv, space, **more))
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/study.db").trials) == 1
+
+    dataset.write_bytes(bbbp_csv.read_bytes())
+    same = first["base"].with_overrides(model={"hidden": 64}, train={"eval_train": True})  # hidden: sampled
+    assert len(search(settings(tmp_path, bbbp_csv, space, **more | {"base": same})).trials) == 2
 
 
 def test_workers_start_on_a_study_the_parent_created(tmp_path, bbbp_csv, space, monkeypatch):
