@@ -158,6 +158,14 @@ def test_a_checkpoint_of_another_architecture_is_refused(corpus, bbbp_small, tmp
     ]
 
 
+def test_a_diverging_pretraining_says_so_in_one_line_and_writes_no_checkpoint(corpus, tmp_path, capsys):
+    args = ["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "pt"), "--epochs", "2", "--lr", "1e9"]
+    assert cli.main(args + ["--layers", "2", "--hidden", "16", "--pe-dim", "4", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: pre-training loss is ") and error.endswith("the run diverged; lower --lr (now 1e+09)")
+    assert not (tmp_path / "pt" / "pretrained.pt").exists()
+
+
 def test_the_leakage_guard_removes_the_downstream_validation_and_test_molecules(moleculenet, tmp_path):
     from ggt_search.datasets import load_dataset
 
@@ -204,7 +212,7 @@ def test_a_search_can_choose_between_scratch_and_a_checkpoint(corpus, tmp_path):
 
 def test_an_ablation_records_its_checkpoint_and_refuses_one_rebuilt_under_the_same_path(corpus, tmp_path):
     from ggt_search.ablate import AblationSettings, load_ablation, run_ablation
-    from ggt_search.datasets import file_sha256
+    from ggt_search.files import file_sha256
     from ggt_search.report import build_report
 
     checkpoint = tmp_path / "pt" / "pretrained.pt"
