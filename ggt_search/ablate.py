@@ -38,8 +38,9 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_difference, read_yaml_mapping
-from ggt_search.datasets import file_sha256, load_dataset
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
+from ggt_search.files import file_sha256
 from ggt_search.final_evaluation import parse_seeds
 from ggt_search.progress import duration
 from ggt_search.record import StudyRecord, TrialRecord

@@ -23,7 +23,7 @@ from torch_geometric.utils import scatter
 from ggt_search.indexing import counts_to_ptr, padded_ranges, ptr_to_counts, ranges
 
 if TYPE_CHECKING:  # the type only: the model's batches need neither RDKit nor pandas
-    from ggt_search.datasets import GraphSet
+    from ggt_search.graphset import GraphSet
 
 
 @dataclass(frozen=True)

@@ -54,26 +54,25 @@ def port_number(text: str) -> int:
     return value
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {value}")
-    return value
+def number_in(what: str, low: float, high: float, low_included: bool):
+    """An argparse type: a number in [low, high] (or (low, high] when not `low_included`), named `what`."""
+    interval = f"{'[' if low_included else '('}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value if low_included else low < value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what} in {interval}, got {value}")
+        return value
+
+    parse.__name__ = f"{what} in {interval}"
+    return parse
 
 
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {value}")
-    return value
+fraction = number_in("a fraction", 0, 1, low_included=False)
+probability = number_in("a probability", 0, 1, low_included=True)
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:

@@ -20,12 +20,10 @@ import torch
 from ggt_search.config import DatasetSpec
 from ggt_search.errors import UserError
 from ggt_search.files import make_folder
-from ggt_search.graphset import SPLITS, GraphSet, cache_root, file_sha256, load_verified, save_verified
+from ggt_search.graphset import SPLITS, GraphSet, cache_root, load_verified, save_verified
 from ggt_search.molecules import balanced_scaffold_split
 from ggt_search.sources import Corpus, Source, source_for
 from ggt_search.sources.table import check_split
-
-__all__ = ["GraphSet", "cache_root", "file_sha256", "held_out_smiles", "load_corpus", "load_dataset"]
 
 FEATURIZATION_VERSION = 2  # bump when molecules.py changes what a graph holds or how it is split
 

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from ggt_search.batching import DeviceGraphs
 from ggt_search.config import RunConfig, TrainConfig
-from ggt_search.datasets import GraphSet, load_dataset
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.files import make_folder, save_tensors, write_text
+from ggt_search.graphset import GraphSet
 from ggt_search.metrics import is_better, masked_loss, score, trivial_score
 from ggt_search.model import GatedGraphTransformer, count_parameters, in_degree_histogram, training_cycle_maxima
 from ggt_search.steps import TrainStep, autocast, check_device, make_step, train_steps

@@ -26,9 +26,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from ggt_search.config import RunConfig
-from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
-from ggt_search.files import DiskFull
+from ggt_search.files import DiskFull, file_sha256
 from ggt_search.progress import Progress, duration
 from ggt_search.record import TrialRecord
 from ggt_search.storage import MISSED_BEATS, heartbeat_ages

@@ -11,8 +11,8 @@ from scipy import stats
 
 from ggt_search import cli
 from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
-from ggt_search.datasets import file_sha256
 from ggt_search.errors import UserError
+from ggt_search.files import file_sha256
 from ggt_search.record import StudyRecord
 from ggt_search.report import build_report
 from ggt_search.report.ablation import ablation_runs

@@ -24,8 +24,9 @@ from ggt_search.ablate import (
     same_code,
 )
 from ggt_search.config import DatasetSpec
-from ggt_search.datasets import cache_root, load_dataset
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
+from ggt_search.graphset import cache_root
 from ggt_search.metrics import score
 from ggt_search.molecules import balanced_scaffold_split, scaffold_of_smiles
 from ggt_search.record import TrialRecord

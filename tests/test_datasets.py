@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ggt_search.config import DatasetSpec
-from ggt_search.datasets import cache_root, load_dataset
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
+from ggt_search.graphset import cache_root
 from ggt_search.positional import laplacian_pe
 from ggt_search.sources.ogb import read_ogb_raw
 
