@@ -199,7 +199,8 @@ def pretrain(settings: PretrainSettings) -> dict:
         curve.append(train_steps(step, progress(batches, num_batches, f"pre-training epoch {epoch}", "batches")))
         if not math.isfinite(curve[-1]):
             raise UserError(
-                f"pre-training loss is {curve[-1]} at epoch {epoch}: the run diverged; lower --lr (now {cfg.train.lr:g})"
+                f"pre-training loss is {curve[-1]} at epoch {epoch}: the run diverged; "
+                f"lower --lr (now {cfg.train.lr:g})"
             )
         print(
             f"epoch {epoch:3d}  masking loss {curve[-1]:.4f}  (predicting the corpus's frequencies: {reference:.4f})",

@@ -162,7 +162,8 @@ def test_a_diverging_pretraining_says_so_in_one_line_and_writes_no_checkpoint(co
     args = ["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "pt"), "--epochs", "2", "--lr", "1e9"]
     assert cli.main(args + ["--layers", "2", "--hidden", "16", "--pe-dim", "4", "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: pre-training loss is ") and error.endswith("the run diverged; lower --lr (now 1e+09)")
+    assert error.startswith("error: pre-training loss is ")
+    assert error.endswith("the run diverged; lower --lr (now 1e+09)")
     assert not (tmp_path / "pt" / "pretrained.pt").exists()
 
 

@@ -14,12 +14,13 @@ from scipy import stats
 from ggt_search.ablate import BASELINE
 from ggt_search.record import TrialRecord
 from ggt_search.report import build_report
-from ggt_search.report.ablation import ablation_group, compare, control_difference, pool
+from ggt_search.report.ablation import ablation_group, compare, control_difference, pool, power_table
 from ggt_search.report.statistics import (
     dataset_level,
     default_margin,
     max_t,
     random_effects,
+    simultaneous_detectable,
     standardised_effect,
     suspect,
     tost_p,
@@ -96,6 +97,21 @@ def test_max_t_is_the_brute_force_sign_flip_and_its_decisions_are_its_intervals(
     # Above 12 seeds the patterns are drawn, from a fixed generator: two reports agree.
     many = shared_baseline_family(rng, np.zeros(4), 20)
     assert max_t(many, 0.05).critical == max_t(many, 0.05).critical
+
+
+def test_the_detectable_effect_is_found_80_percent_of_the_time_by_the_simultaneous_test():
+    """A family of 20 comparisons sharing one baseline, 10 seeds, three datasets' level; one real effect of the
+    stated detectable size: the max-t test declares it in about 80% of simulated studies."""
+    rng = np.random.default_rng(1)
+    level = dataset_level(0.05, 3)
+    critical = np.median([max_t(shared_baseline_family(rng, np.zeros(20), 10), level).critical for _ in range(50)])
+    effects = np.zeros(20)
+    effects[0] = simultaneous_detectable(np.sqrt(2), 10, critical)  # each difference: two runs' noise, sd 1 each
+    found = []
+    for _ in range(300):
+        family = max_t(shared_baseline_family(rng, effects, 10), level)
+        found.append(abs(family.mean[0] / family.se[0]) > family.critical)
+    assert 0.72 < np.mean(found) < 0.88
 
 
 def test_one_comparison_with_every_sign_pattern_is_close_to_the_t_interval():
@@ -199,6 +215,18 @@ def test_the_committed_study_pooled_and_suspect(committed):
         - runs[runs.variant == BASELINE].set_index("seed").test
     )
     assert own.set_index("dataset").loc["ogbg-molesol", "d_z"] == pytest.approx(-diff.mean() / diff.std(ddof=1))
+
+
+def test_power_per_dataset_says_which_comparisons_could_be_equivalent(committed):
+    comparison = compare(load(committed, "all"))
+    table = power_table(comparison).set_index("dataset")
+    for dataset, own in comparison.groupby("dataset"):
+        reachable = ((own.sim_high - own.sim_low) / 2 < own.margin).sum()  # the interval's own half-width
+        assert table.loc[dataset, "can reach 'equivalent'"] == f"{reachable} of {len(own)}"
+        assert table.loc[dataset, "paired sd (median)"] == pytest.approx(own.sd.median())
+        equivalent = own[own.verdict == "equivalent"]
+        assert ((equivalent.sim_high - equivalent.sim_low) / 2 < equivalent.margin).all()
+    assert (table["detectable (80% power)"] > table["interval half-width (median)"]).all()  # 80% power needs more
 
 
 def test_convergence_share_and_seconds_per_epoch_come_from_the_runs(committed):

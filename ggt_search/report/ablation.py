@@ -37,6 +37,7 @@ from ggt_search.report.statistics import (
     max_t,
     paired_comparison,
     random_effects,
+    simultaneous_detectable,
     standardised_effect,
     suspect,
     tost_p,
@@ -377,6 +378,7 @@ def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note:
     )
     how_to_read_section(page, datasets, comparison, pooled)
     variance_sources_section(page, info)
+    power_section(page, comparison)
     code_section(page, datasets)
     tuned_learning_rates_section(page, datasets)
     for d in datasets:
@@ -410,6 +412,47 @@ def variance_sources_section(page: Page, info: dict) -> None:
             "dataset's one fixed split (OGB's, for OGB names). Another split of the molecules could change them; "
             "an ablation file's `split_seeds:` varies the split too."
         )
+
+
+def power_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, what its seeds can decide, from the spread of its paired differences: the difference
+    the simultaneous test detects with 80% power, and how many comparisons could come out 'equivalent'
+    at all (those whose simultaneous interval is narrower than the margin)."""
+    rows = []
+    for dataset, own in comparison[comparison.testable.astype(bool)].groupby("dataset", sort=False):
+        n, critical, margin = int(own.n.median()), float(own.critical.iloc[0]), float(own.margin.iloc[0])
+        sd = float(own.sd.median())
+        half_width = critical * own.sd / np.sqrt(own.n)
+        rows.append(
+            {
+                "dataset": dataset,
+                "paired seeds": n,
+                "max-t c": critical,
+                "paired sd (median)": sd,
+                "paired sd (range)": f"{own.sd.min():.4f}-{own.sd.max():.4f}",
+                "detectable (80% power)": simultaneous_detectable(sd, n, critical),
+                "margin": margin,
+                "interval half-width (median)": float(half_width.median()),
+                "can reach 'equivalent'": f"{int((half_width < margin).sum())} of {len(own)}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def power_section(page: Page, comparison: pd.DataFrame) -> None:
+    table = power_table(comparison)
+    if table.empty:
+        return
+    page.heading("Power per dataset", 3)
+    page.text(
+        "What the seeds can decide, from the spread of each dataset's paired differences (the design, not the "
+        "effects found): a true difference of the 'detectable' size is declared helps or hurts with about 80% "
+        "probability by the simultaneous test (critical value c, the sd the median over comparisons); smaller "
+        "ones mostly come out inconclusive. 'Equivalent' needs the whole simultaneous interval within ±margin, "
+        "so a comparison whose half-width c·sd/√n exceeds the margin cannot reach it, whatever its effect; "
+        "there, 'inconclusive' is a limit of the seeds, not a hint of an effect."
+    )
+    page.table(table)
 
 
 def code_section(page: Page, datasets: list[AblationRuns]) -> None:

@@ -186,6 +186,13 @@ def detectable_effect(sd: float, n: int, alpha: float, target: float = POWER) ->
     return float(optimize.brentq(lambda effect: power(effect, sd, n, alpha) - target, 1e-12 * sd, 1000 * sd))
 
 
+def simultaneous_detectable(sd: float, n: int, critical: float, target: float = POWER) -> float:
+    """The smallest true difference a test that rejects when |t| > `critical` (a max-t's c) detects with
+    `target` power: the paired t-test's detectable effect at the level whose critical value is c (t's
+    tails standing in for the sign-flip distribution's)."""
+    return detectable_effect(sd, n, 2 * float(stats.t.sf(critical, n - 1)), target)
+
+
 def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER, most: int = 1000) -> int | None:
     """Paired seeds for `target` power against `effect`, if the observed spread holds (None: more than `most`)."""
     return next((n for n in range(2, most + 1) if power(effect, sd, n, alpha) >= target), None)
