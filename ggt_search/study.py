@@ -238,7 +238,15 @@ class Objective:
         for number in range(self.settings.seeds_per_trial):
             seed = config.train.seed + number
             seeded = config.with_overrides(train={"seed": seed})
-            result = train_trial(trial, seeded, self.graphs, final=False, prune=True, first_step=number * epochs)
+            result = train_trial(
+                trial,
+                seeded,
+                self.graphs,
+                final=False,
+                prune=True,
+                first_step=number * epochs,
+                name=f"trial {trial.number} seed {seed}",
+            )
             scores[str(seed)] = result.best_valid
             TrialRecord().write(trial, seed_scores=scores)
             if best is None or is_better(metric, result.best_valid, best.best_valid):
@@ -485,7 +493,8 @@ def _confirm_worker(job: tuple[SearchSettings, str], worker: int, device: str) -
             trial.study.stop()
             raise SurplusTrial("surplus: the confirmation's queue was empty when this worker asked")
         config = RunConfig.from_dict(configs[number]).with_overrides(train={"seed": seed, "device": device})
-        return train_trial(trial, config, graphs, final=False, prune=False).best_valid  # test is never read
+        name = f"confirming trial {number} seed {seed}"
+        return train_trial(trial, config, graphs, final=False, prune=False, name=name).best_valid  # test never read
 
     def queue_empty(study: optuna.Study) -> bool:
         return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))

@@ -620,8 +620,9 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(
                 pytest.fail("test read") if split == "test" else original(self, model, split)
             ),
         )
+    monkeypatch.setattr("ggt_search.progress.PLAIN_EVERY", 0.0)  # a progress line at every epoch, however quick
     assert cli.main([*command, "--confirm-top", "2"]) == 0
-    out = capsys.readouterr().out
+    out, progress = capsys.readouterr()
     study = optuna.load_study(study_name="s", storage=storage)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 4 and done
@@ -647,6 +648,7 @@ def test_trials_over_seeds_a_confirmed_winner_and_the_path_to_it(
     for row in confirmation["trials"]:
         assert f"trial {row['trial']}: search {row['search']:.4f}, confirmed {row['mean']:.4f}" in out
     assert f"winner: trial {confirmation['winner']}; against the runner-up" in out
+    assert f"trial {done[0].number} seed 4: " in progress and f"confirming trial {top[0].number} seed 6: " in progress
 
     assert (
         cli.main([*command, "--confirm-top", "2"]) == 0
