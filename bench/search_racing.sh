@@ -6,13 +6,15 @@
 #   k3        4 trials x 3 seeds, raced (--race-p 0.3: two seeds, both worse, stop a trial; at the
 #             default 0.1 a race needs 4 shared seeds, so it acts with 5 seeds per trial or more)
 #   confirmed k1's study, its 3 best retrained on 5 fresh seeds (15 x 25 epochs more), the confirmed winner
+# Each search is repeated with search seeds 0..REPLICATES-1 (--seed: the sampler and the trials' training
+# seeds), so the table shows how much the answer varies from one search to the next, not only between
+# the seeds of one answer. Replicate 0's studies have the plain names (bbbp-k1); replicate r's end in -rR.
 # Two answers with the same config share one evaluation (the runs are identical, so it is copied,
-# not retrained). One search per answer and set: the table's differences hold for these searches,
-# not for searches in general (search-to-search variance is not measured here).
+# not retrained).
 # Writes the studies, the evaluations and results.md under $OUT (default bench/results/search-racing).
-# Usage: bench/search_racing.sh [MOLECULENET_FOLDER] [WORKERS]
+# Usage: bench/search_racing.sh [MOLECULENET_FOLDER] [WORKERS] [REPLICATES]
 set -euo pipefail
-source=${1:-../shared/data/moleculenet}; workers=${2:-1}
+source=${1:-../shared/data/moleculenet}; workers=${2:-1}; replicates=${3:-3}
 out=${OUT:-bench/results}/search-racing
 mkdir -p "$out"
 export GGT_SEARCH_CACHE=${GGT_SEARCH_CACHE:-/tmp/ggt-cache}
@@ -43,16 +45,20 @@ PY
 }
 
 {
-  for dataset in ogbg-molbbbp ogbg-molesol; do
-    name=${dataset#ogbg-mol}
-    ggt search --study "$name-k1" --dataset "$dataset" --trials 12 "${common[@]}"
-    evaluate "$name-k1" "$name-k1"
-    ggt search --study "$name-k3" --dataset "$dataset" --trials 4 --seeds-per-trial 3 --race-p 0.3 "${common[@]}"
-    evaluate "$name-k3" "$name-k3"
-    ggt search --study "$name-k1" --dataset "$dataset" --trials 12 --confirm-top 3 --confirm-seeds 5 "${common[@]}"
-    evaluate "$name-k1" "$name-confirmed"
+  for replicate in $(seq 0 $((replicates - 1))); do
+    suffix=$([[ $replicate == 0 ]] || echo "-r$replicate")
+    for dataset in ogbg-molbbbp ogbg-molesol; do
+      name=${dataset#ogbg-mol}
+      k1=$name-k1$suffix; k3=$name-k3$suffix; at=(--dataset "$dataset" --seed "$replicate" "${common[@]}")
+      ggt search --study "$k1" --trials 12 "${at[@]}"
+      evaluate "$k1" "$k1"
+      ggt search --study "$k3" --trials 4 --seeds-per-trial 3 --race-p 0.3 "${at[@]}"
+      evaluate "$k3" "$k3"
+      ggt search --study "$k1" --trials 12 --confirm-top 3 --confirm-seeds 5 "${at[@]}"
+      evaluate "$k1" "$name-confirmed$suffix"
+    done
   done
-  python3 - "$out" "$storage" <<'PY'
+  python3 - "$out" "$storage" "$replicates" <<'PY'
 import hashlib, json, sys
 from pathlib import Path
 
@@ -74,27 +80,50 @@ def evaluation(answer):
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return summary, {int(s): r["test"] for s, r in summary["per_seed"].items()}, key
 
-lines = ["| set | answer | epochs trained | config | valid (10 seeds) | test (10 seeds) | test - k1, paired (95% CI) |",
-         "|---|---|---|---|---|---|---|"]
+replicates = int(sys.argv[3])
+lines = ["| set | answer | search | epochs trained | config | valid (10 seeds) | test (10 seeds) | test - k1 (paired seeds, 95% CI) |",
+         "|---|---|---|---|---|---|---|---|"]
+summary_lines = ["| set | answer | test, mean over searches | test - k1, mean over searches (95% CI) | better than k1 |",
+                 "|---|---|---|---|---|"]
 for name in ("bbbp", "esol"):
-    seen = {}
-    _, k1, _ = evaluation(f"{name}-k1")
-    for answer in ("k1", "k3", "confirmed"):
-        summary, test, key = evaluation(f"{name}-{answer}")
-        spent = {"k1": epochs(f"{name}-k1"), "k3": epochs(f"{name}-k3"),
-                 "confirmed": epochs(f"{name}-k1") + epochs(f"{name}-k1--confirm")}[answer]
-        config = f"{key} (= {seen[key]})" if key in seen else key
-        seen.setdefault(key, answer)
-        d = [test[s] - k1[s] for s in sorted(k1)]
+    by_answer = {answer: [] for answer in ("k1", "k3", "confirmed")}
+    for replicate in range(replicates):
+        suffix = f"-r{replicate}" if replicate else ""
+        seen = {}
+        _, k1, _ = evaluation(f"{name}-k1{suffix}")
+        for answer in ("k1", "k3", "confirmed"):
+            summary, test, key = evaluation(f"{name}-{answer}{suffix}")
+            k1_study = f"{name}-k1{suffix}"
+            spent = {"k1": epochs(k1_study), "k3": epochs(f"{name}-k3{suffix}"),
+                     "confirmed": epochs(k1_study) + epochs(f"{k1_study}--confirm")}[answer]
+            config = f"{key} (= {seen[key]})" if key in seen else key
+            seen.setdefault(key, answer)
+            d = [test[s] - k1[s] for s in sorted(k1)]
+            by_answer[answer].append((summary["test"]["mean"], sum(d) / len(d)))
+            if answer == "k1":
+                diff = "-"
+            elif max(d) == min(d):
+                diff = f"{d[0]:+.4f}"
+            else:
+                lo, hi = stats.ttest_1samp(d, 0).confidence_interval()
+                diff = f"{sum(d) / len(d):+.4f} ({lo:+.4f}, {hi:+.4f})"
+            lines.append(f"| {name} | {answer} | {replicate} | {spent} | {config} | "
+                         f"{summary['valid']['mean']:.4f} ± {summary['valid']['std']:.4f} | "
+                         f"{summary['test']['mean']:.4f} ± {summary['test']['std']:.4f} | {diff} |")
+    higher = summary["metric"] not in ("rmse", "mae")  # ROC-AUC up, errors down
+    for answer, values in by_answer.items():
+        tests, diffs = zip(*values)
+        mean_test = sum(tests) / len(tests)
         if answer == "k1":
-            diff = "-"
-        elif max(d) == min(d):
-            diff = f"{d[0]:+.4f}"
-        else:
-            lo, hi = stats.ttest_1samp(d, 0).confidence_interval()
-            diff = f"{sum(d) / len(d):+.4f} ({lo:+.4f}, {hi:+.4f})"
-        lines.append(f"| {name} | {answer} | {spent} | {config} | {summary['valid']['mean']:.4f} ± {summary['valid']['std']:.4f} | "
-                     f"{summary['test']['mean']:.4f} ± {summary['test']['std']:.4f} | {diff} |")
+            summary_lines.append(f"| {name} | k1 | {mean_test:.4f} | - | - |")
+            continue
+        mean_diff = sum(diffs) / len(diffs)
+        interval = ("" if len(diffs) < 2 or max(diffs) == min(diffs)
+                    else " ({:+.4f}, {:+.4f})".format(*stats.ttest_1samp(diffs, 0).confidence_interval()))
+        better = sum((d > 0) == higher and d != 0 for d in diffs)
+        summary_lines.append(f"| {name} | {answer} | {mean_test:.4f} | {mean_diff:+.4f}{interval} | "
+                             f"{better} of {len(diffs)} searches |")
+lines = summary_lines + ["", "Each search:", ""] + lines
 (out / "results.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
