@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 QUIET_SECONDS = 2.0  # a step shorter than this shows no bar
 PLAIN_EVERY = 10.0  # seconds between two plain lines of one step
+LINE = 0  # the terminal line this process's bars draw on: a worker's index, so workers' bars do not overwrite
 
 
 def duration(seconds: float) -> str:
@@ -34,7 +35,7 @@ class Progress:
         self.total, self.desc, self.unit = total, desc, unit
         self.done, self.start, self.last_line, self.lines = 0, time.perf_counter(), time.perf_counter(), 0
         self.bar = (
-            tqdm(total=total, desc=desc, unit=unit, leave=False, delay=QUIET_SECONDS, dynamic_ncols=True)
+            tqdm(total=total, desc=desc, unit=unit, leave=False, delay=QUIET_SECONDS, dynamic_ncols=True, position=LINE)
             if sys.stderr.isatty()
             else None
         )

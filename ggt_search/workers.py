@@ -20,6 +20,7 @@ from multiprocessing.connection import wait
 
 import torch
 
+from ggt_search import progress
 from ggt_search.errors import UserError
 from ggt_search.files import file_error
 
@@ -104,6 +105,7 @@ def _worker_main(target, job, worker: int, device: str, threads: int) -> None:
     exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers with SIGTERM
     torch.set_num_threads(threads)
+    progress.LINE = worker
     try:
         with sigterm_as_interrupt():
             target(job, worker, device)

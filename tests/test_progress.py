@@ -49,6 +49,22 @@ def test_a_terminal_gets_a_bar(monkeypatch, capsys):
     assert "trial 3:" in drawn and "/4 [" in drawn and "\r" in drawn  # tqdm redraws its line in place
 
 
+def line_of_a_worker(out, worker: int, device: str) -> None:
+    """A worker's target: write the terminal line its bars draw on."""
+    (out / f"worker-{worker}").write_text(str(progress.LINE))
+
+
+def test_each_worker_draws_its_bars_on_its_own_line(monkeypatch, tmp_path):
+    from ggt_search.workers import run_workers
+
+    run_workers(line_of_a_worker, tmp_path, 2, "cpu")
+    assert [(tmp_path / f"worker-{i}").read_text() for i in (0, 1)] == ["0", "1"]
+    monkeypatch.setattr(progress, "LINE", 1)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    with Progress(4, "trial 3", "epochs") as bar:
+        assert abs(bar.bar.pos) == 1  # the second worker's line, below the first's
+
+
 @pytest.mark.parametrize("seconds, text", [(44.6, "45 s"), (720, "12 min"), (12000, "3 h 20 min")])
 def test_durations_read_as_a_person_says_them(seconds, text):
     assert duration(seconds) == text
