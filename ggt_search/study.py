@@ -183,10 +183,12 @@ def open_study(settings: SearchSettings, space: dict, worker: int = 0):
     storage = open_storage(settings.storage, settings.heartbeat)
     pruner = make_pruner(settings.pruner, settings.base.train.epochs, settings.seeds_per_trial)
     study = optuna.load_study(study_name=settings.study, storage=storage, pruner=pruner)
-    # Seeded by the trials already there too: a resumed study (or a second worker) must
-    # not replay the first run's random start-up trials.
+    # Seeded by the worker and the trials already there too: a resumed study (or a second worker)
+    # must not replay the first run's random start-up trials. The three are mixed, not added:
+    # seed + existing made a resume of --seed 0 replay --seed 1's draws.
     existing = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(settings.sampler, settings.seed + 1000 * worker + existing, space)
+    mixed = np.random.SeedSequence([settings.seed, worker, existing]).generate_state(1)[0]
+    study.sampler = make_sampler(settings.sampler, int(mixed), space)
     return study, storage
 
 

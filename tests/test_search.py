@@ -1,5 +1,6 @@
 """Search studies on a real slice of ogbg-molbbbp: pruning, resume, faults, killed workers, workers on PostgreSQL."""
 
+import itertools
 import json
 import os
 import signal
@@ -419,6 +420,18 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
     dataset.write_bytes(bbbp_csv.read_bytes())
     same = first["base"].with_overrides(model={"hidden": 64}, train={"eval_train": True})  # hidden: sampled
     assert len(search(settings(tmp_path, bbbp_csv, space, **more | {"base": same})).trials) == 2
+
+
+def test_searches_of_other_seeds_draw_other_candidates_also_after_a_resume(tmp_path, bbbp_csv, space):
+    """The sampler was seeded by seed + trials already there: resuming --seed 0 after one trial drew
+    exactly --seed 1's first candidate, so two searches meant as independent replayed each other."""
+    base = settings(tmp_path, bbbp_csv, space).base.with_overrides(train={"epochs": 1})
+    run = dict(sampler="random", pruner="none", base=base)
+    search(settings(tmp_path, bbbp_csv, space, study="a", trials=1, seed=0, **run))
+    resumed = search(settings(tmp_path, bbbp_csv, space, study="a", trials=2, seed=0, **run))
+    other = search(settings(tmp_path, bbbp_csv, space, study="b", trials=1, seed=1, **run))
+    drawn = [t.params for t in resumed.trials] + [other.trials[0].params]
+    assert all(a != b for a, b in itertools.combinations(drawn, 2))
 
 
 def test_workers_start_on_a_study_the_parent_created(tmp_path, bbbp_csv, space, monkeypatch):
