@@ -178,17 +178,21 @@ def create_study(settings: SearchSettings, graphs: GraphSet, space: dict) -> Non
     record.write(study)
 
 
+def mixed_seed(*parts: int) -> int:
+    """One seed from several (the search's seed, a worker, a count), mixed rather than added: with
+    seed + count, a resumed --seed 0 replayed --seed 1's draws."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
 def open_study(settings: SearchSettings, space: dict, worker: int = 0):
     """(study, storage): the study `create_study` made, with a sampler that has not seen this run's draws."""
     storage = open_storage(settings.storage, settings.heartbeat)
     pruner = make_pruner(settings.pruner, settings.base.train.epochs, settings.seeds_per_trial)
     study = optuna.load_study(study_name=settings.study, storage=storage, pruner=pruner)
     # Seeded by the worker and the trials already there too: a resumed study (or a second worker)
-    # must not replay the first run's random start-up trials. The three are mixed, not added:
-    # seed + existing made a resume of --seed 0 replay --seed 1's draws.
+    # must not replay the first run's random start-up trials.
     existing = len(study.get_trials(deepcopy=False))
-    mixed = np.random.SeedSequence([settings.seed, worker, existing]).generate_state(1)[0]
-    study.sampler = make_sampler(settings.sampler, int(mixed), space)
+    study.sampler = make_sampler(settings.sampler, mixed_seed(settings.seed, worker, existing), space)
     return study, storage
 
 
@@ -336,7 +340,7 @@ def controlled_group(trial: optuna.Trial, space: dict, config: RunConfig, seed: 
             k: v for k, v in design_dimensions(space).items() if k in trial.params and (room is None or len(v) <= room)
         }
         if dimensions:
-            group, dimension = trial.number, random.Random(seed + trial.number).choice(sorted(dimensions))
+            group, dimension = trial.number, random.Random(mixed_seed(seed, trial.number)).choice(sorted(dimensions))
             attrs = {"design_group": group, "design_dimension": dimension}
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)

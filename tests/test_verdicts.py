@@ -112,6 +112,7 @@ def test_the_detectable_effect_is_found_80_percent_of_the_time_by_the_simultaneo
         family = max_t(shared_baseline_family(rng, effects, 10), level)
         found.append(abs(family.mean[0] / family.se[0]) > family.critical)
     assert 0.72 < np.mean(found) < 0.88
+    assert simultaneous_detectable(0.1, 4, np.inf) == np.inf  # 4 seeds, 16 sign patterns: no rejection possible
 
 
 def test_one_comparison_with_every_sign_pattern_is_close_to_the_t_interval():

@@ -189,8 +189,12 @@ def detectable_effect(sd: float, n: int, alpha: float, target: float = POWER) ->
 def simultaneous_detectable(sd: float, n: int, critical: float, target: float = POWER) -> float:
     """The smallest true difference a test that rejects when |t| > `critical` (a max-t's c) detects with
     `target` power: the paired t-test's detectable effect at the level whose critical value is c (t's
-    tails standing in for the sign-flip distribution's)."""
-    return detectable_effect(sd, n, 2 * float(stats.t.sf(critical, n - 1)), target)
+    tails standing in for the sign-flip distribution's). Infinite when no difference reaches that power:
+    with very few seeds the sign flips cannot reject at all (c is infinite)."""
+    alpha = 2 * float(stats.t.sf(critical, n - 1))
+    if alpha <= 0 or power(1000 * sd, sd, n, alpha) < target:
+        return float("inf")
+    return detectable_effect(sd, n, alpha, target)
 
 
 def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER, most: int = 1000) -> int | None:
