@@ -139,14 +139,17 @@ SEARCH_DEFINED_BY = (
 EXECUTION_FIELDS = {("train", "device"), ("train", "compile"), ("train", "cuda_graphs"), ("train", "eval_train")}
 
 
-def searched_base(base: RunConfig, space: dict) -> dict:
+def searched_base(base: RunConfig, space: dict, seeds_per_trial: int = 1) -> dict:
     """The model and train fields every trial starts from: the base config, less the fields the space
-    samples (they vary by trial) and the execution fields."""
+    samples (they vary by trial) and the execution fields. The training seed counts only when trials
+    pair by seed (several seeds per trial, raced): otherwise machines that share a study pass their
+    own --seed, so that they draw other candidates."""
+    skip = EXECUTION_FIELDS | ({("train", "seed")} if seeds_per_trial == 1 else set())
     return {
         section: {
             key: value
             for key, value in base.to_dict()[section].items()
-            if f"{section}.{key}" not in space and (section, key) not in EXECUTION_FIELDS
+            if f"{section}.{key}" not in space and (section, key) not in skip
         }
         for section in ("model", "train")
     }
@@ -164,7 +167,7 @@ def search_record(settings: SearchSettings, graphs: GraphSet, space: dict) -> St
         sampler=settings.sampler,
         pruner=settings.pruner,
         seeds_per_trial=settings.seeds_per_trial,
-        base=searched_base(settings.base, space),
+        base=searched_base(settings.base, space, settings.seeds_per_trial),
     )
 
 

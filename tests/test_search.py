@@ -17,7 +17,7 @@ from ggt_search import cli
 from ggt_search.config import RunConfig
 from ggt_search.errors import UserError
 from ggt_search.space import load_space
-from ggt_search.study import SearchSettings, search
+from ggt_search.study import SearchSettings, search, searched_base
 from tests.conftest import CLI, TINY_FLAGS, age_heartbeats, interruptible, search_command
 
 TINY_SPACE = """
@@ -406,7 +406,6 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
         "sampler": more | {"sampler": "random"},
         "seeds_per_trial": more | {"seeds_per_trial": 2},
         "base.model.dropout": more | {"base": first["base"].with_overrides(model={"dropout": 0.2})},
-        "base.train.seed": more | {"base": first["base"].with_overrides(train={"seed": 5})},
     }
     for field, changed in resumes.items():
         with pytest.raises(UserError, match=rf"study s holds a search with {field} = .*pass --study NEW") as refused:
@@ -418,8 +417,11 @@ def test_a_resumed_search_must_be_the_same_experiment(tmp_path, bbbp_csv, molecu
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/study.db").trials) == 1
 
     dataset.write_bytes(bbbp_csv.read_bytes())
-    same = first["base"].with_overrides(model={"hidden": 64}, train={"eval_train": True})  # hidden: sampled
+    same = first["base"].with_overrides(model={"hidden": 64}, train={"eval_train": True, "seed": 5})  # hidden: sampled
     assert len(search(settings(tmp_path, bbbp_csv, space, **more | {"base": same})).trials) == 2
+    # another machine's --seed joins a study of one seed per trial; trials that pair by seed must share them
+    assert "seed" not in searched_base(same, load_space(str(space)))["train"]
+    assert searched_base(same, load_space(str(space)), seeds_per_trial=3)["train"]["seed"] == 5
 
 
 def test_searches_of_other_seeds_draw_other_candidates_also_after_a_resume(tmp_path, bbbp_csv, space):
