@@ -63,7 +63,8 @@ def number_in(what: str, low: float, high: float, low_included: bool):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (low <= value if low_included else low < value) or not value <= high:
+        above = value >= low if low_included else value > low
+        if not (above and value <= high):  # NaN is neither
             raise argparse.ArgumentTypeError(f"must be {what} in {interval}, got {value}")
         return value
 

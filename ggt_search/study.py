@@ -145,10 +145,11 @@ def searched_base(base: RunConfig, space: dict, seeds_per_trial: int = 1) -> dic
     pair by seed (several seeds per trial, raced): otherwise machines that share a study pass their
     own --seed, so that they draw other candidates."""
     skip = EXECUTION_FIELDS | ({("train", "seed")} if seeds_per_trial == 1 else set())
+    values = base.to_dict()
     return {
         section: {
             key: value
-            for key, value in base.to_dict()[section].items()
+            for key, value in values[section].items()
             if f"{section}.{key}" not in space and (section, key) not in skip
         }
         for section in ("model", "train")

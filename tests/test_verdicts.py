@@ -222,7 +222,7 @@ def test_power_per_dataset_says_which_comparisons_could_be_equivalent(committed)
     comparison = compare(load(committed, "all"))
     table = power_table(comparison).set_index("dataset")
     for dataset, own in comparison.groupby("dataset"):
-        reachable = ((own.sim_high - own.sim_low) / 2 < own.margin).sum()  # the interval's own half-width
+        reachable = (own.critical * own.sd / np.sqrt(own.n) < own.margin).sum()  # c * sd / sqrt(n)
         assert table.loc[dataset, "can reach 'equivalent'"] == f"{reachable} of {len(own)}"
         assert table.loc[dataset, "paired sd (median)"] == pytest.approx(own.sd.median())
         equivalent = own[own.verdict == "equivalent"]

@@ -422,7 +422,7 @@ def power_table(comparison: pd.DataFrame) -> pd.DataFrame:
     for dataset, own in comparison[comparison.testable.astype(bool)].groupby("dataset", sort=False):
         n, critical, margin = int(own.n.median()), float(own.critical.iloc[0]), float(own.margin.iloc[0])
         sd = float(own.sd.median())
-        half_width = critical * own.sd / np.sqrt(own.n)
+        half_width = (own.sim_high - own.sim_low) / 2  # c * sd / sqrt(n): the verdicts' own intervals
         rows.append(
             {
                 "dataset": dataset,
