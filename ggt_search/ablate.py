@@ -319,12 +319,13 @@ def run_ablation(settings: AblationSettings) -> list[optuna.Study]:
     ablation = settings.ablation
     for variant in [BASELINE, *ablation.variants]:
         training_device(ablation.config(variant, ablation.seeds[0]).train)  # a device this machine has
-    for dataset in ablation.datasets:
-        load_dataset(dataset)
-    return [run_on_dataset(settings, dataset) for dataset in settings.ablation.datasets]
+    names = [load_dataset(dataset).name for dataset in ablation.datasets]
+    return [run_on_dataset(settings, dataset, names) for dataset in ablation.datasets]
 
 
-def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.Study:
+def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec, names: list[str]) -> optuna.Study:
+    """One dataset's study of the ablation; `names` are all its datasets' (a report of an unfinished
+    ablation names those not yet started)."""
     ablation = settings.ablation
     name = ablation.study_name(settings.study, dataset)
     graphs = load_dataset(dataset)
@@ -338,6 +339,7 @@ def run_on_dataset(settings: AblationSettings, dataset: DatasetSpec) -> optuna.S
         "variants": ablation.variants,
         "seeds": ablation.seeds,
         "effect": ablation.effect,
+        "datasets": names,
     }
     if ablation.split_seeds is not None:
         defined["split_seeds"] = ablation.split_seeds

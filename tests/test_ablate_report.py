@@ -9,8 +9,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ggt_search import cli
-from ggt_search.ablate import AblationSettings, load_ablation, run_ablation, run_pair
+from ggt_search import ablate, cli
+from ggt_search.ablate import (
+    AblationSettings,
+    load_ablation,
+    run_ablation,
+    run_on_dataset,
+    run_pair,
+)
 from ggt_search.errors import UserError
 from ggt_search.files import file_sha256
 from ggt_search.record import StudyRecord
@@ -445,6 +451,28 @@ def test_an_ablation_on_several_datasets_gives_verdicts_per_dataset_and_ranks(mo
         assert f"| {dataset} rocauc ↑" in md and f"{dataset}: scores per variant" in md
     assert "Ranks across (dataset, seed) cells" in md and (tmp_path / "r" / "ranks.png").exists()
     assert "Family: the 4 comparisons of multi" in md and "pooled d" in md and "1 - (1 - 0.05)^(1/2)" in md
+
+
+def test_a_report_of_an_unfinished_ablation_says_what_its_verdicts_leave_out(moleculenet, tmp_path, monkeypatch):
+    tables = []
+    for name, rows in (("bbbp-a", slice(0, 300)), ("bbbp-b", slice(300, 600))):
+        pd.read_csv(moleculenet / "BBBP.csv").iloc[rows].to_csv(tmp_path / f"{name}.csv", index=False)
+        tables.append(str(tmp_path / f"{name}.csv"))
+    text = ABLATION.replace("epochs: 2", "epochs: 1") + f"datasets: [{tables[0]}, {tables[1]}]\n"
+    (tmp_path / "multi.yaml").write_text(text)
+    storage = f"sqlite:///{tmp_path}/multi.db"
+    ablation, two_seeds = load_ablation(tmp_path / "multi.yaml"), load_ablation(tmp_path / "multi.yaml", seeds="0-1")
+    run_on_dataset(AblationSettings(two_seeds, "multi", storage), two_seeds.datasets[0], ["bbbp-a", "bbbp-b"])
+    # As a resume with a third seed, killed before its runs of bbbp-a finished, leaves it: bbbp-b not started.
+    with monkeypatch.context() as killed:
+        killed.setattr(ablate, "run_workers", lambda *args: None)
+        run_on_dataset(AblationSettings(ablation, "multi", storage), ablation.datasets[0], ["bbbp-a", "bbbp-b"])
+    build_report(["multi"], storage, tmp_path / "r")
+    verdicts = (tmp_path / "r" / "report.md").read_text().split("### Verdicts")[1].split("|")[0]
+    assert "Unfinished: bbbp-a has 6 of its 9 runs; bbbp-b has not started." in verdicts
+    run_ablation(AblationSettings(ablation, "multi", storage))  # resumed to the end
+    build_report(["multi"], storage, tmp_path / "done")
+    assert "Unfinished" not in (tmp_path / "done" / "report.md").read_text()
 
 
 def test_the_packaged_cpu_suite_replaces_the_files_datasets(moleculenet, tmp_path, monkeypatch):

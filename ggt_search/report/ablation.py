@@ -510,6 +510,8 @@ def verdict_table_section(
     """The first screen: a row per idea, a column per dataset (and pooled), each cell the effect, its
     simultaneous interval and its verdict's mark; then the same as a forest figure."""
     page.heading("Verdicts", 3)
+    if note := unfinished_note(datasets):
+        page.text(note)
     legend = ", ".join(
         f"{mark} {word}{' (within ±margin)' if word == 'equivalent' else ''}" for word, mark in MARKS.items()
     )
@@ -531,6 +533,27 @@ def verdict_table_section(
         "verdicts",
         "Each idea's effect per dataset with its simultaneous interval (pooled: d with its 95% interval), "
         "coloured by verdict; the grey band is ±margin",
+    )
+
+
+def unfinished_note(datasets: list[AblationRuns]) -> str | None:
+    """What the verdicts do not cover yet, or None: each dataset's runs still to finish, and the datasets of
+    the ablation file not started (recorded by studies since they record the file's datasets)."""
+    info = datasets[0].info
+    grid = len(info.get("split_seeds") or [None]) * len((info.get("tune") or {}).get("lr") or [None])
+    planned = (len(info["variants"]) + 1) * len(info["seeds"]) * grid
+    parts = []
+    for d in datasets:
+        finished = len(d.tuning if d.chosen else d.runs)
+        if finished < planned:
+            parts.append(f"{d.dataset} has {finished} of its {planned} runs")
+    started = {d.dataset for d in datasets}
+    parts += [f"{name} has not started" for name in info.get("datasets", []) if name not in started]
+    if not parts:
+        return None
+    return (
+        f"Unfinished: {'; '.join(parts)}. These verdicts are of the runs finished so far, and will change as "
+        "the rest finish (`ggt-search ablate` resumes the study)."
     )
 
 
