@@ -7,7 +7,9 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from optuna.artifacts import FileSystemArtifactStore
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from ggt_search import ablate, cli
 from ggt_search.ablate import (
@@ -17,12 +19,17 @@ from ggt_search.ablate import (
     run_on_dataset,
     run_pair,
 )
+from ggt_search.config import DatasetSpec
+from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.files import file_sha256
 from ggt_search.record import StudyRecord
 from ggt_search.report import build_report
-from ggt_search.report.ablation import ablation_runs
+from ggt_search.report.ablation import ablation_group, ablation_runs
+from ggt_search.report.sizes import size_quarters
 from ggt_search.report.statistics import holm, paired_comparison
+from ggt_search.storage import artifact_dir
+from ggt_search.trials import load_predictions
 from tests.conftest import ROOT, age_heartbeats
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
@@ -91,6 +98,7 @@ def test_report_has_every_section_and_figure(ablation_storage, tmp_path):
         "simultaneous 95% interval",
         "How to read the verdicts",
         "Convergence and compute",
+        "bbbp300: test differences by molecule size",
         "Family: the 2 comparisons of conv; control: the baseline runs of this ablation",
     ):
         assert section in md, section
@@ -103,6 +111,33 @@ def test_report_has_every_section_and_figure(ablation_storage, tmp_path):
     assert (out / "ranks.png").exists() and (out / "runs.csv").read_text().count("\n") == 1 + 9
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 5  # self-contained
+
+
+def test_differences_by_molecule_size_are_each_quarters_own_scores_paired_by_seed(ablation_storage):
+    _, storage = ablation_storage
+    (d,) = ablation_group([optuna.load_study(study_name="conv", storage=storage)])
+    store = FileSystemArtifactStore(str(artifact_dir(storage)))
+    table = size_quarters(d, store).set_index("variant")
+    graphs = load_dataset(DatasetSpec(**StudyRecord.of(d.study).dataset))
+    atoms = (graphs.node_ptr[1:] - graphs.node_ptr[:-1]).numpy()
+    test = graphs.split["test"].numpy()
+    bounds = [tuple(map(int, re.match(r"(\d+)-(\d+) atoms \((\d+)\)", c).groups())) for c in table.columns]
+    assert sum(n for *_, n in bounds) == len(test)
+    assert [lo for lo, _, _ in bounds[1:]] == [hi + 1 for _, hi, _ in bounds[:-1]]  # they tile the sizes
+    assert bounds[0][0] <= atoms[test].min() and bounds[-1][1] == atoms[test].max()
+
+    def quarter_auc(variant, seed, lo, hi):
+        trial = next(t for t in d.study.trials if run_pair(t) == (variant, seed))
+        p = load_predictions(store, trial.user_attrs["predictions"])["test"]
+        within = (atoms[p.graphs] >= lo) & (atoms[p.graphs] <= hi)
+        truth = p.labels[within, 0]
+        return roc_auc_score(truth, p.predicted[within, 0]) if 0 < truth.sum() < len(truth) else np.nan
+
+    for column, (lo, hi, _) in zip(table.columns, bounds):
+        own = [quarter_auc("baseline", s, lo, hi) for s in (0, 1, 2)]
+        assert table.loc["baseline (its rocauc)", column] == pytest.approx(np.nanmean(own))
+        paired = [quarter_auc("gcn", s, lo, hi) - quarter_auc("baseline", s, lo, hi) for s in (0, 1, 2)]
+        assert table.loc["gcn", column] == pytest.approx(np.nanmean(paired))
 
 
 def test_search_study_report(tmp_path, bbbp_csv):  # noqa: F811
