@@ -430,33 +430,44 @@ def check_same_settings(study: optuna.Study, ablation: Ablation, dataset: Datase
                 )
 
 
-def check_same_code(study: optuna.Study, graphs) -> None:
-    """Refuse to add runs to a study whose baseline runs were made by code that trains other numbers:
-    a variant would be compared with a baseline that another implementation trained.
+PREFIX_EPOCHS = 2  # of one run per variant, trained again when the code has changed (`check_same_code`)
 
-    Code that changed (a new `code_sha256`) is not refused outright: one baseline run made by the
-    old code is trained again, on its recorded device and thread count, and when every epoch's
-    validation score and its test score come out the same, to the bit, the two codes are recorded
-    on the study as training the same numbers (`SAME_NUMBERS`) and the study goes on. So a long
-    study survives a refactor, a new option or a new check, and stops at a change of its numbers.
-    Runs from before the code was recorded cannot be checked; the report flags them."""
+
+def check_same_code(study: optuna.Study, graphs) -> None:
+    """Refuse to add runs to a study whose runs were made by code that trains other numbers: a new run
+    would be compared with runs another implementation trained.
+
+    Code that changed (a new `code_sha256`) is not refused outright: one baseline run made by the old
+    code is trained again in full, and one run of every other variant for its first PREFIX_EPOCHS
+    epochs (a change can touch one variant's path only: dropping the PEs also dropped their MLP), each
+    on its recorded device and thread count. When every epoch's validation score (and the baseline's
+    test score) comes out the same, to the bit, the two codes are recorded on the study as training the
+    same numbers (`SAME_NUMBERS`) and the study goes on. So a long study survives a refactor, a new
+    option or a new check, and stops at a change of its numbers. Runs from before the code was recorded
+    cannot be checked; the report flags them."""
     current = code_sha256()
-    made_by = {}
+    made_by: dict[str, dict[str, optuna.trial.FrozenTrial]] = {}  # old code (one per group) -> variant -> a run
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         code = (TrialRecord.of(trial).environment or {}).get("code_sha256")
-        if run_pair(trial)[0] == BASELINE and code is not None and same_code(study, code) != same_code(study, current):
-            made_by.setdefault(code, trial)
-    for code, trial in made_by.items():
+        if run_pair(trial)[0] is not None and code is not None and same_code(study, code) != same_code(study, current):
+            made_by.setdefault(same_code(study, code), {}).setdefault(run_pair(trial)[0], trial)
+    for code, runs in made_by.items():
+        others = [v for v in runs if v != BASELINE]
+        checks = [f"baseline seed {run_key(runs[BASELINE]).seed}"] if BASELINE in runs else []
+        if others:
+            checks.append(f"the first {PREFIX_EPOCHS} epochs of one run of each of {len(others)} variants")
         print(
-            f"study {study.study_name}: code changed since its baseline runs (sha256 {code[:12]}... -> "
-            f"{current[:12]}...); training baseline seed {run_key(trial).seed} again to check it gives the same numbers"
+            f"study {study.study_name}: code changed since its runs (sha256 {code[:12]}... -> {current[:12]}...); "
+            f"training {' and '.join(checks)} again to check it gives the same numbers"
         )
-        if difference := reproduction_difference(trial, graphs):
-            raise UserError(
-                f"study {study.study_name}'s baseline runs were made by code sha256 {code[:12]}..., and this code "
-                f"({current[:12]}...) trains other numbers ({difference}); run that code to add runs, or pass "
-                "--study NEW for a new study"
-            )
+        for variant, trial in runs.items():
+            epochs = None if variant == BASELINE else PREFIX_EPOCHS
+            if difference := reproduction_difference(trial, graphs, epochs):
+                raise UserError(
+                    f"study {study.study_name}'s {variant} runs were made by code sha256 {code[:12]}..., and this "
+                    f"code ({current[:12]}...) trains other numbers ({difference}); run that code to add runs, or "
+                    "pass --study NEW for a new study"
+                )
         study.set_user_attr(SAME_NUMBERS, [*study.user_attrs.get(SAME_NUMBERS, []), [code, current]])
 
 
@@ -474,12 +485,16 @@ def same_code(study: optuna.Study | optuna.study.StudySummary, code: str) -> str
     return min(group)
 
 
-def reproduction_difference(trial: optuna.trial.FrozenTrial, graphs) -> str | None:
-    """Train a finished run's recorded config again, on its recorded device and thread count;
-    where its numbers differ from the recorded ones, say where (None: identical to the bit)."""
+def reproduction_difference(trial: optuna.trial.FrozenTrial, graphs, epochs: int | None = None) -> str | None:
+    """Train a finished run's recorded config again (its first `epochs` epochs only, when given), on its
+    recorded device and thread count; where its numbers differ from the recorded ones, say where (None:
+    identical to the bit)."""
     record = TrialRecord.of(trial)
     ran_on = record.environment or {}
-    trainer = Trainer(RunConfig.from_dict(record.config), graphs)
+    config = RunConfig.from_dict(record.config)
+    if epochs is not None:
+        config = config.with_overrides(train={"epochs": min(epochs, len(record.curve))})
+    trainer = Trainer(config, graphs)
     if ran_on.get("device") != str(trainer.device):
         return f"it ran on {ran_on.get('device')}, this machine trains on {trainer.device}"
     threads = torch.get_num_threads()
@@ -492,6 +507,8 @@ def reproduction_difference(trial: optuna.trial.FrozenTrial, graphs) -> str | No
     for epoch, (then, now) in enumerate(zip(record.curve, curve, strict=False), start=1):
         if then != now:
             return f"epoch {epoch}: valid {then!r} then, {now!r} now"
+    if epochs is not None:
+        return None  # a prefix: no test score to compare
     if len(curve) != len(record.curve):
         return f"{len(record.curve)} epochs then, {len(curve)} now"
     if result.test != record.test:

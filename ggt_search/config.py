@@ -37,6 +37,7 @@ Normalisation = Literal["batch", "layer", "graph", "none"]
 NormPosition = Literal["pre", "post"]
 SignFlip = Literal["off", "batch", "graph"]
 PEInjection = Literal["concat-mlp", "add"]
+PEValues = Literal["laplacian", "zeros", "random"]
 Aggregation = Literal["gated", "pna", "softmax", "powermean"]
 GlobalAttention = Literal["none", "lrga", "transformer"]
 Pooling = Literal["mean", "sum", "max"]
@@ -151,6 +152,9 @@ class ModelConfig:
     pe_dim: int = 10  # Laplacian eigenvector positional encodings per atom (0: none)
     pe_sign_flip: SignFlip = "batch"  # flip the PEs' arbitrary signs at random while training: per batch, per graph
     pe_injection: PEInjection = "concat-mlp"  # how PEs join the atom features: concatenated through an MLP, or added
+    # What the pe_dim columns hold: the eigenvectors; zeros (no information, the same injection MLP: pe_dim 0 drops
+    # that MLP too); or random orthonormal columns with the eigenvectors' zero-padding (molecule size, no structure)
+    pe_values: PEValues = "laplacian"
     aggregation: Aggregation = "gated"  # how messages are aggregated: gated sum, PNA, or learnable softmax/power mean
     message_norm: bool = False  # DeeperGCN's MessageNorm: rescale the aggregated message to the node state's norm
     graph_size_norm: bool = False  # divide message passing's output by sqrt(the graph's atom count) (Benchmarking GNNs)

@@ -18,7 +18,8 @@ virtual node, and a readout of [pool(h) || pool(e)]. The spec is
 | deep residual pre-norm backbone        | residual, norm_position, layers            |
 | graph-specific normalization           | norm: batch / layer / graph / none,        |
 |                                        | message_norm, graph_size_norm              |
-| Laplacian PE as node ids               | pe_dim, pe_sign_flip, pe_injection         |
+| Laplacian PE as node ids               | pe_dim, pe_sign_flip, pe_injection,        |
+|                                        | pe_values (controls: zeros / random)       |
 | expressive aggregation                 | aggregation: gated / pna / softmax /       |
 |                                        | powermean                                  |
 | virtual node / global attention        | virtual_node; global_attention: none /     |

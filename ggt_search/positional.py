@@ -14,6 +14,11 @@ Decisions, where the reference code was silent or wrong:
 - Signs: an eigenvector's sign is arbitrary; the cache keeps the solver's choice and the
   model flips signs at random while training (`pe_sign_flip`).
 
+`pe_values` replaces the eigenvectors by controls of the same shape (`positional_values`): zeros,
+which keep the injection MLP but carry nothing, and random orthonormal columns with the same
+zero-padding, which carry what the eigenvectors say of a molecule's size (how many columns,
+entries of norm one over n atoms) and nothing of its structure.
+
 Graphs are grouped by node count and each group is solved as one batched dense problem,
 so a dataset of 41k molecules needs ~150 solver calls, not 41k.
 """
@@ -60,3 +65,20 @@ def _eigenvectors_of_same_size(edges, edge_ptr, graphs, n: int, k: int) -> torch
     exists = columns < n
     picked = torch.gather(eigenvectors, 2, columns.clamp(max=n - 1)[:, None, :].expand(-1, n, -1))
     return (picked * exists[:, None, :]).float()
+
+
+def positional_values(pe: torch.Tensor, node_ptr: torch.Tensor, values: str, seed: int) -> torch.Tensor:
+    """The PE columns a run sees (`model.pe_values`): the eigenvectors `pe` themselves, zeros of their shape, or,
+    per graph, random orthonormal columns (seeded by `seed`, the run's) where the graph's eigenvectors are."""
+    if values == "laplacian":
+        return pe
+    if values == "zeros":
+        return torch.zeros_like(pe)
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.zeros_like(pe)
+    for start, end in zip(node_ptr[:-1].tolist(), node_ptr[1:].tolist(), strict=True):
+        present = pe[start:end].abs().sum(0) > 0  # the zero-padding of a small molecule stays zero
+        if present.any():
+            gaussian = torch.randn(end - start, int(present.sum()), generator=generator, dtype=torch.float64)
+            out[start:end, present] = torch.linalg.qr(gaussian).Q.to(pe.dtype)
+    return out

@@ -183,7 +183,7 @@ def pretrain(settings: PretrainSettings) -> dict:
         )
     reference = frequency_loss(corpus, settings.mask_bonds)
     torch.manual_seed(cfg.train.seed)
-    data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures)
+    data = DeviceGraphs(corpus, device, cfg.model.pe_dim, cfg.model.substructures, cfg.model.pe_values, cfg.train.seed)
     cycle_maxima = training_cycle_maxima(corpus) if cfg.model.substructures else None
     model = GatedGraphTransformer(cfg.model, num_tasks=1, cycle_maxima=cycle_maxima).to(device)
     head = MaskingHead(cfg.model.hidden).to(device)

@@ -181,7 +181,10 @@ class Trainer:
         self.config = config
         self.device = training_device(config.train)
         self.graphs = graphs if graphs is not None else load_dataset(config.dataset)
-        self.data = DeviceGraphs(self.graphs, self.device, config.model.pe_dim, config.model.substructures)
+        model = config.model
+        self.data = DeviceGraphs(
+            self.graphs, self.device, model.pe_dim, model.substructures, model.pe_values, config.train.seed
+        )
         # Regression targets are standardised with training-split statistics (the model
         # learns z-scores; predictions are mapped back), so one learning rate suits
         # TPSA (~60) and ESOL (~-3) alike. Classification targets stay 0/1.

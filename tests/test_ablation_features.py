@@ -182,7 +182,7 @@ def test_code_that_trains_other_numbers_is_refused_and_flagged(tuned_study, bbbp
     run(tmp_path, tuned, bbbp_csv, storage=storage)  # nothing to add: nothing checked
     assert "training baseline seed" not in capsys.readouterr().out
     run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-2")
-    assert "code changed since its baseline runs (sha256 000000000000... -> " in capsys.readouterr().out
+    assert "code changed since its runs (sha256 000000000000... -> " in capsys.readouterr().out
     own = optuna.load_study(study_name="s", storage=storage)
     assert own.user_attrs[SAME_NUMBERS] == [["0" * 64, current]]
     assert same_code(own, "0" * 64) == same_code(own, current)
@@ -204,6 +204,20 @@ def test_code_that_trains_other_numbers_is_refused_and_flagged(tuned_study, bbbp
     recorded_as(storage, baseline._trial_id, "environment", unrecorded)
     build_report(["s"], storage, tmp_path / "r3")
     assert "gcn vs baseline: code not recorded for 1 of its runs" in (tmp_path / "r3" / "report.md").read_text()
+
+    # A change on one variant's path only (pe_dim 0 once dropped the PE MLP too): a run of each variant made by
+    # the old code trains its first epochs again, and a difference there refuses as the baseline's does.
+    recorded_as(storage, baseline._trial_id, "environment", environment)
+    recorded_as(storage, baseline._trial_id, "curve", curve)
+    gcn = next(t for t in own.trials if run_key(t).variant == "gcn" and t.state == optuna.trial.TrialState.COMPLETE)
+    gcn_environment, gcn_curve = gcn.user_attrs["environment"], gcn.user_attrs["curve"]
+    recorded_as(storage, gcn._trial_id, "environment", gcn_environment | {"code_sha256": "3" * 64})
+    run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-3")
+    assert "training the first 2 epochs of one run of each of 1 variants again" in capsys.readouterr().out
+    recorded_as(storage, gcn._trial_id, "environment", gcn_environment | {"code_sha256": "2" * 64})
+    recorded_as(storage, gcn._trial_id, "curve", [gcn_curve[0] + 0.01, *gcn_curve[1:]])
+    with pytest.raises(UserError, match=r"s's gcn runs were made by code sha256 222222222222\.\.\.,.*\(epoch 1: valid"):
+        run(tmp_path, tuned, bbbp_csv, storage=storage, seeds="0-4")
 
 
 def recorded_as(storage: str, trial_id: int, key: str, value) -> None:

@@ -25,6 +25,7 @@ from ggt_search.model import (
     in_degree_histogram,
     training_cycle_maxima,
 )
+from ggt_search.positional import positional_values
 from ggt_search.pretrain import MaskingHead
 from ggt_search.steps import train_steps
 from ggt_search.train import Trainer
@@ -215,3 +216,39 @@ def test_lrga_is_its_authors_low_rank_attention_per_molecule(batch):
     # and their dropout on [U V^T Z / eta || T], in training only
     attention.train()
     assert not torch.allclose(attention(x, batch), out)
+
+
+def test_pe_controls_keep_the_eigenvectors_shape_and_padding_and_drop_their_structure(bbbp_small):
+    """pe_values: zeros carry nothing; random columns are orthonormal per molecule exactly where its eigenvectors
+    are (so they say as much of its size), drawn by the run's seed; neither is the eigenvectors."""
+    pe = bbbp_small.load_pe(8)[:, :8]
+    ptr = bbbp_small.node_ptr.tolist()
+    random = positional_values(pe, bbbp_small.node_ptr, "random", seed=0)
+    assert torch.equal(positional_values(pe, bbbp_small.node_ptr, "random", seed=0), random)
+    assert not torch.equal(positional_values(pe, bbbp_small.node_ptr, "random", seed=1), random)
+    assert not torch.equal(positional_values(pe, bbbp_small.node_ptr, "zeros", seed=0).bool(), pe.bool())
+    assert torch.equal(positional_values(pe, bbbp_small.node_ptr, "laplacian", seed=0), pe)
+    padded = 0
+    for start, end in zip(ptr[:-1], ptr[1:]):
+        laplacian, control = pe[start:end], random[start:end]
+        present = laplacian.abs().sum(0) > 0
+        assert torch.equal(control.abs().sum(0) > 0, present)
+        padded += int((~present).sum())
+        q = control[:, present].double()
+        assert torch.allclose(q.T @ q, torch.eye(int(present.sum()), dtype=torch.float64), atol=1e-5)
+        assert torch.allclose(laplacian[:, present].double().T @ laplacian[:, present].double(), q.T @ q, atol=1e-4)
+    assert padded > 0  # some molecules have fewer than 8 non-trivial eigenvectors
+    assert (random - pe).abs().max() > 0.1
+
+
+def test_zeroed_pes_keep_the_injection_mlp_that_pe_dim_0_removes(bbbp_small):
+    sizes = {}
+    for name, change in {"laplacian": {}, "zeros": {"pe_values": "zeros"}, "none": {"pe_dim": 0}}.items():
+        config = RunConfig.from_dict(
+            {"model": {"layers": 1, "hidden": 16, "pe_dim": 8, **change}, "train": {"epochs": 1, "device": "cpu"}}
+        )
+        trainer = Trainer(config, bbbp_small)
+        sizes[name] = sum(p.numel() for p in trainer.build_model().parameters())
+        if name == "zeros":
+            assert not trainer.data.pe.any()
+    assert sizes["zeros"] == sizes["laplacian"] > sizes["none"]
