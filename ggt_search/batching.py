@@ -92,11 +92,12 @@ class DeviceGraphs:
         to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
         self.atoms, self.bonds, self.edges = to(graphs.atoms), to(graphs.bonds), to(graphs.edges)
         self.node_ptr, self.edge_ptr, self.y = to(graphs.node_ptr), to(graphs.edge_ptr), to(graphs.y)
+        self.pe = None
         if pe_dim:
             from ggt_search.positional import positional_values  # here: the model imports this module, not PE solving
 
-            pe = positional_values(graphs.load_pe(pe_dim)[:, :pe_dim].contiguous(), graphs.node_ptr, pe_values, seed)
-        self.pe = to(pe) if pe_dim else None
+            pe = graphs.load_pe(pe_dim)[:, :pe_dim].contiguous()
+            self.pe = to(positional_values(pe, graphs.node_ptr, pe_values, seed))
         self.atom_cycles, self.bond_cycles = map(to, graphs.load_substructures()) if substructures else (None, None)
         self.split = {name: to(idx) for name, idx in graphs.split.items()}
         self.num_nodes, self.num_edges = ptr_to_counts(self.node_ptr), ptr_to_counts(self.edge_ptr)
