@@ -525,6 +525,17 @@ def missing_runs(study: optuna.Study, ablation: Ablation) -> list[RunKey]:
     return [key for key in ablation.runs() if key not in taken]
 
 
+def finished_runs(settings: AblationSettings, dataset: DatasetSpec) -> int:
+    """How many of the ablation's runs on `dataset` have finished (0 before its study exists)."""
+    ablation = settings.ablation
+    try:
+        study = optuna.load_study(study_name=ablation.study_name(settings.study, dataset), storage=settings.storage)
+    except KeyError:
+        return 0
+    planned = set(ablation.runs())
+    return len({run_key(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))} & planned)
+
+
 def enqueue_missing(study: optuna.Study, ablation: Ablation) -> None:
     """Queue every run that is neither finished nor queued nor running."""
     for key in missing_runs(study, ablation):
@@ -602,18 +613,21 @@ def _worker(job: tuple[AblationSettings, str, DatasetSpec], worker: int, device:
         return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     if not queue_empty(study):
-        line = GridLine(ablation, dataset, graphs.name, graphs.metric, settings.workers)
+        line = GridLine(settings, dataset, graphs.name, graphs.metric)
         run_trials(study, objective, n_trials=None, timeout=None, line=line, stop=queue_empty)
 
 
 class GridLine:
     """An ablation's line per finished run: which run (dataset, variant, seed, and split seed and lr
     where the file has them), its scores, how many runs of the whole (dataset, variant, seed) grid
-    are done, and the time left. The datasets run one after another, so those before this one count as done."""
+    are done, and the time left. The other datasets' runs count as their studies have them: those before
+    this one finished, and those after may have finished in an earlier invocation (a resume that grew the
+    grid by a variant runs every dataset again)."""
 
-    def __init__(self, ablation: Ablation, dataset: DatasetSpec, name: str, metric: str, workers: int):
-        self.runs, self.name, self.metric, self.workers = len(ablation.runs()), name, metric, workers
-        self.before = ablation.datasets.index(dataset) * self.runs
+    def __init__(self, settings: AblationSettings, dataset: DatasetSpec, name: str, metric: str):
+        ablation = settings.ablation
+        self.runs, self.name, self.metric, self.workers = len(ablation.runs()), name, metric, settings.workers
+        self.elsewhere = sum(finished_runs(settings, other) for other in ablation.datasets if other != dataset)
         self.total = len(ablation.datasets) * self.runs
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -626,7 +640,7 @@ class GridLine:
             outcome = f"valid {self.metric} {trial.value:.4f}{test}"
         else:
             outcome = f"{trial.state.name.lower()} ({record.reason})" if record.reason else trial.state.name.lower()
-        done = self.before + min(finished_count(study, trial), self.runs)
+        done = self.elsewhere + min(finished_count(study, trial), self.runs)
         seconds = f" in {duration(record.seconds)}" if record.seconds else ""
         print(
             f"[{done}/{self.total}] {self.name} {key.variant} seed {key.seed}{where}: {outcome}{seconds}"

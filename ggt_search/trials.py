@@ -127,6 +127,20 @@ def load_predictions(store: FileSystemArtifactStore, artifact_id: str) -> dict[s
         }
 
 
+class StoredTestPredictions:
+    """Runs' stored test predictions by artifact id, each read from `folder` once: a report reads the
+    baseline's for every variant, in its bootstrap and again in its size table. A missing one raises
+    ArtifactNotFound."""
+
+    def __init__(self, folder: Path):
+        self.folder, self._store, self._read = folder, FileSystemArtifactStore(str(folder)), {}
+
+    def __getitem__(self, artifact_id: str) -> Predictions:
+        if artifact_id not in self._read:
+            self._read[artifact_id] = load_predictions(self._store, artifact_id)["test"]
+        return self._read[artifact_id]
+
+
 def recorded(
     objective: Callable[[optuna.Trial], float], disk_full: list[DiskFull] | None = None
 ) -> Callable[[optuna.Trial], float]:

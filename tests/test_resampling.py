@@ -27,9 +27,11 @@ from ggt_search.report.resampling import (
     molecule_counts,
     paired_bootstrap,
     resampled_scores,
+    simultaneous_bootstrap,
     with_bootstrap,
 )
-from ggt_search.storage import open_storage
+from ggt_search.storage import artifact_dir, open_storage
+from ggt_search.trials import StoredTestPredictions
 from tests.test_ablation_features import ABLATION, run
 from tests.test_search import bbbp_csv  # noqa: F401  (fixture: 300 real molecules)
 
@@ -78,7 +80,9 @@ def test_a_replicate_without_both_classes_leaves_the_task_out_as_ogb_does(molecu
     assert counts.mean() == pytest.approx(1.0) and counts.var() == pytest.approx(1 - 1 / 150, rel=0.05)
 
 
-def binormal_experiment(rng: np.random.Generator, molecules: int, seeds: int, shared: float, fixed: float):
+def binormal_experiment(
+    rng: np.random.Generator, molecules: int, seeds: int, shared: float, fixed: float, variants: tuple = (1.2,)
+):
     """One ablation under a model whose truth is known: a test set of `molecules` drawn from a population
     (10% positive), each seed's two models scoring them. A model's scores are N(delta, 1) for positives and
     N(0, 1) for negatives, delta = the arm's quality plus the seed's N(0, 0.1^2) training luck, so one seed's
@@ -94,7 +98,10 @@ def binormal_experiment(rng: np.random.Generator, molecules: int, seeds: int, sh
         scores = delta * labels + np.sqrt(shared) * hard + np.sqrt(fixed) * view + np.sqrt(1 - shared - fixed) * own
         return scores[..., None]
 
-    return PairedRuns(labels[:, None], arm(1.2), arm(1.0))
+    arms = [arm(quality) for quality in variants]
+    baseline = arm(1.0)  # one baseline shared by every variant, as in an ablation
+    runs = [PairedRuns(labels[:, None], own, baseline) for own in arms]
+    return runs[0] if len(variants) == 1 else runs
 
 
 # E over seeds of Phi(delta / sqrt 2), delta ~ N(quality, 0.1^2), is Phi(quality / sqrt(2 + 0.01)).
@@ -116,6 +123,24 @@ def test_the_bootstrap_interval_covers_the_truth_at_about_the_nominal_rate():
         t_covered += low <= truth <= high
     assert 0.91 <= covered / experiments <= 0.99  # nominal 0.95 (0.955; binomial sd over 200 experiments 0.015)
     assert t_covered / experiments < 0.8  # the t-interval over seeds leaves the test molecules' error out (0.66)
+
+
+def test_the_simultaneous_bootstrap_covers_every_variant_at_once():
+    """Six variants against one shared baseline, on one test set: the bootstrap max-t intervals (every
+    comparison's replicates drawn alike, from one generator seed) cover all six true differences together at
+    about the nominal rate; the comparisons' own 95% intervals do so far less often."""
+    qualities = (1.0, 1.1, 1.2, 0.9, 1.0, 1.3)
+    truths = np.array([stats.norm.cdf(q / np.sqrt(2.01)) - stats.norm.cdf(1 / np.sqrt(2.01)) for q in qualities])
+    rng, joint, marginal, experiments = np.random.default_rng(3), 0, 0, 150
+    for experiment in range(experiments):
+        variants = binormal_experiment(rng, molecules=150, seeds=5, shared=0.2, fixed=0.6, variants=qualities)
+        results = [paired_bootstrap("rocauc", [v], replicates=400, seed=experiment) for v in variants]
+        observed = np.array([r["boot_diff"] for r in results])
+        half = simultaneous_bootstrap(observed, np.column_stack([r["replicate_means"] for r in results]), 0.05)
+        joint += np.all(np.abs(observed - truths) < half)
+        marginal += all(r["boot_low"] <= t <= r["boot_high"] for r, t in zip(results, truths, strict=True))
+    assert 0.89 <= joint / experiments <= 0.99  # nominal 0.95; binomial sd over 150 experiments 0.018
+    assert marginal / experiments < 0.85
 
 
 def test_pairing_narrows_the_interval_of_correlated_arms():
@@ -168,26 +193,27 @@ def test_delong_matches_the_reference_implementation():
         delong_test(np.array([1, 0, 0]), np.array([0.9, 0.1, 0.2]), np.array([0.8, 0.3, 0.1]))
 
 
-def test_the_note_says_where_the_t_test_and_the_bootstrap_disagree():
+def test_the_note_says_which_verdicts_are_within_the_test_molecules_error():
+    row = {"testable": True, "boot_sim_low": -0.02, "boot_sim_high": 0.08}
     comparison = pd.DataFrame(
         [
-            {"variant": "a", "testable": True, "p_t": 0.01, "verdict": "helps", "boot_low": -0.02, "boot_high": 0.08},
-            {"variant": "b", "testable": True, "p_t": 0.01, "boot_low": 0.01, "boot_high": 0.08},
-            {"variant": "c", "testable": True, "p_t": 0.40, "boot_low": -0.02, "boot_high": 0.08},
-            {"variant": "d", "testable": False, "p_t": np.nan, "boot_low": -0.02, "boot_high": 0.08},
+            row | {"variant": "a", "verdict": "helps"},
+            row | {"variant": "b", "verdict": "helps", "boot_sim_low": 0.01},  # the bootstrap agrees
+            row | {"variant": "c", "verdict": "inconclusive"},
+            row | {"variant": "d", "testable": False, "verdict": "not testable"},
         ]
     )
     note = bootstrap_note(comparison)
     assert note.startswith(f"The {COLUMN} (2000 replicates) resamples the paired seeds and, independently")
-    assert "a: the t-test finds a difference (p = 0.01), but the bootstrap interval [-0.0200, +0.0800]" in note
+    assert "a: helps by the t-test's simultaneous interval, but the bootstrap's [-0.0200, +0.0800] contains 0" in note
     assert note.endswith("within the test molecules' sampling error; its verdict rests on the t-test alone.")
-    assert not re.search(r"\b[bcd]: the t-test", note)
+    assert not re.search(r"\b[bcd]: ", note)
 
 
 def test_the_report_shows_the_bootstrap_beside_the_t_test(bbbp_csv, tmp_path):  # noqa: F811
     study, storage = run(tmp_path, ABLATION + "split_seeds: [0, 1]\n", bbbp_csv)  # two test sets, 4 cells
     datasets = [ablation_runs(study)]
-    comparison = with_bootstrap(compare(datasets), datasets, storage)
+    comparison = with_bootstrap(compare(datasets), datasets, StoredTestPredictions(artifact_dir(storage)))
     (row,) = comparison.to_dict("records")
     assert row["boot_diff"] == pytest.approx(row["mean_diff"], abs=1e-6)  # the stored test scores, recomputed
     assert row["boot_low"] < row["boot_diff"] < row["boot_high"] and 0 < row["p_boot"] <= 1
@@ -198,7 +224,9 @@ def test_the_report_shows_the_bootstrap_beside_the_t_test(bbbp_csv, tmp_path):  
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns.index(COLUMN) == columns.index("p_equivalent") + 1  # beside the t-test's p-values
     cell = gcn.strip("|").split("|")[columns.index(COLUMN)].strip()
-    assert cell == f"[{row['boot_low']:+.4f}, {row['boot_high']:+.4f}], p = {row['p_boot']:.3g}"
+    assert row["boot_sim_low"] < row["boot_diff"] < row["boot_sim_high"]
+    simultaneous, own = f"[{row['boot_sim_low']:+.4f}, {row['boot_sim_high']:+.4f}]", f"[{row['boot_low']:+.4f}, "
+    assert cell == f"{simultaneous}; 95% {own}{row['boot_high']:+.4f}], p = {row['p_boot']:.3g}"
     assert f"The {COLUMN} (2000 replicates) resamples the paired seeds" in md
 
     shutil.copy(storage.removeprefix("sqlite:///"), tmp_path / "old.db")  # a study from before predictions

@@ -83,7 +83,10 @@ def test_max_t_is_the_brute_force_sign_flip_and_its_decisions_are_its_intervals(
             t.append(abs(flipped.mean()) / stats.sem(flipped))
         null.append(max(t))
     assert result.null == pytest.approx(np.sort(null))
-    assert result.critical == pytest.approx(np.sort(null)[64 - 3 - 1])  # floor(0.05 * 64) = 3 patterns beyond
+    # p = (b + 1) / 65 <= 0.05 for b <= 2 patterns reaching the statistic: the critical value is the third largest.
+    assert result.critical == pytest.approx(np.sort(null)[64 - 2 - 1])
+    assert result.adjusted_p(np.array([np.inf]))[0] == pytest.approx(1 / 65)  # never 0
+    assert max_t(differences[:4], 0.05).critical == np.inf  # 16 patterns: (0 + 1) / 17 > 0.05
     assert list(result.n) == [6, 6, 5] and result.se[2] == pytest.approx(stats.sem(differences[1:, 2]))
     # On many families the adjusted p is at most the level exactly when the interval excludes 0.
     agree, rejected = [], []

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from ggt_search.ablate import BASELINE, chosen_learning_rates, run_key, same_code
@@ -45,11 +44,13 @@ from ggt_search.report.statistics import (
     tost_p,
 )
 from ggt_search.storage import artifact_dir
+from ggt_search.trials import StoredTestPredictions
 
 SIMULTANEOUS = ("p_tost", "d_z", "d_z_var", "sim_low", "sim_high", "p_maxt", "p_equivalent", "critical")
 LATE = 0.1  # a run "peaks late" when its best epoch is in this last share of its epoch budget
 STILL_IMPROVING = 0.25  # the share of late peaks above which a comparison is flagged as not converged
 MARKS = {"helps": "▲", "hurts": "▼", "equivalent": "=", "inconclusive": "?", "suspect": "!", "not testable": "–"}
+BOOTSTRAP_MARK = "‡"  # a helps / hurts within the test molecules' sampling error (resampling.with_bootstrap)
 
 # Published test ROC-AUC (x 100, mean +- std over 10 seeds) of a 5-layer GIN without pre-training on OGB's
 # scaffold splits (Hu et al., ICLR 2020, table 1): a yardstick for the baselines of the CPU suite.
@@ -267,7 +268,7 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     comparisons share the baseline: one sign-flip max-t gives their simultaneous intervals and
     decisions, at the per-dataset level that holds the family-wise error ALPHA over all datasets."""
     family = sum(len(d.order) - 1 for d in datasets)
-    level = dataset_level(ALPHA, len(datasets))
+    level = dataset_level(ALPHA, planned_datasets(datasets))
     frames = []
     for d in datasets:
         if len(d.order) == 1:  # no variant has finished a run yet
@@ -317,6 +318,12 @@ def compare(datasets: list[AblationRuns]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     frame["verdict"] = [verdict(r) for r in frame.to_dict("records")]
     return frame
+
+
+def planned_datasets(datasets: list[AblationRuns]) -> int:
+    """How many datasets the family's error is shared over: the ablation file's (recorded by studies since
+    they record them), not only those started, so a verdict made while a study runs holds when it ends."""
+    return max(len(datasets), len(datasets[0].info.get("datasets") or []))
 
 
 def verdict(row: dict) -> str:
@@ -369,7 +376,8 @@ def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note:
     info = datasets[0].info
     names = [StudyRecord.of(group[0].study).group or group[0].study.study_name for group in groups]
     page.heading(f"Ablation: {info['idea']} ({', '.join(names)})")
-    comparison = with_bootstrap(compare(datasets), datasets, storage)
+    predictions = StoredTestPredictions(artifact_dir(storage))  # where `ablate` stores them: no other folder
+    comparison = with_bootstrap(compare(datasets), datasets, predictions)
     pooled = pool(comparison, ideas(datasets)) if len(datasets) > 1 else None
     verdict_table_section(page, datasets, comparison, pooled)
     if info.get("question"):
@@ -384,9 +392,8 @@ def ablation_sections(page: Page, groups: list[list[AblationRuns]], family_note:
     power_section(page, comparison)
     code_section(page, datasets)
     tuned_learning_rates_section(page, datasets)
-    store = FileSystemArtifactStore(str(artifact_dir(storage)))
     for d in datasets:
-        dataset_sections(page, d, comparison[comparison.dataset == d.dataset], store)
+        dataset_sections(page, d, comparison[comparison.dataset == d.dataset], predictions)
     if len(datasets) > 1 or len(info["seeds"]) > 1:
         rank_section(page, datasets)
     configuration_section(page, datasets)
@@ -521,7 +528,8 @@ def verdict_table_section(
     )
     page.text(
         f"Variant minus baseline (test, same seeds) [simultaneous {1 - ALPHA:.0%} interval]: {legend}; "
-        f"† still improving at the end. Pooled: standardised effect d (+ better) [95%], I². "
+        f"† still improving at the end; {BOOTSTRAP_MARK} within the test molecules' sampling error. "
+        "Pooled: standardised effect d (+ better) [95%], I². "
         "Below: how to read it."
     )
     table = pd.DataFrame({"idea": ideas(datasets)})
@@ -570,7 +578,17 @@ def verdict_cell(row: pd.Series) -> str:
     if not row["testable"]:
         return f"{MARKS['not testable']} {row['n']} seed{'s' if row['n'] != 1 else ''}"
     late = " †" if row["late_share"] > STILL_IMPROVING else ""
-    return f"{row['mean_diff']:+.3f} [{row['sim_low']:+.3f}, {row['sim_high']:+.3f}] {MARKS[row['verdict']]}{late}"
+    molecules = f" {BOOTSTRAP_MARK}" if within_molecule_error(row) else ""
+    mark = MARKS[row["verdict"]]
+    if np.isinf(row["critical"]):  # too few sign patterns for any p to reach the level
+        return f"{row['mean_diff']:+.3f} [unbounded at {row['n']} seeds] {mark}{late}"
+    return f"{row['mean_diff']:+.3f} [{row['sim_low']:+.3f}, {row['sim_high']:+.3f}] {mark}{late}{molecules}"
+
+
+def within_molecule_error(row) -> bool:
+    """A helps / hurts whose simultaneous bootstrap over seeds and test molecules contains 0."""
+    low, high = row.get("boot_sim_low", np.nan), row.get("boot_sim_high", np.nan)
+    return row["verdict"] in ("helps", "hurts") and bool(low <= 0 <= high)
 
 
 def pooled_cell(row: dict) -> str:
@@ -586,6 +604,7 @@ def how_to_read_section(
     page.heading("How to read the verdicts", 3)
     level = comparison["level"].iloc[0]
     cells = max(len(set(d.runs.cell)) for d in datasets)
+    patterns = 2**cells if cells <= EXACT_FLIPS else FLIP_DRAWS
     flips = (
         f"all 2^{cells} sign patterns" if cells <= EXACT_FLIPS else f"{FLIP_DRAWS:,} random sign patterns (fixed seed)"
     )
@@ -596,9 +615,16 @@ def how_to_read_section(
         f"that dependence, and the {1 - level:.4f} quantile c of the largest |t| over the dataset's variants gives "
         f"the intervals mean ± c·se, which cover all of that dataset's true differences at once with probability "
         f"{1 - level:.4f}. The datasets' runs are independent, so at that level per dataset "
-        f"(1 - (1 - {ALPHA})^(1/{len(datasets)})) all the family's intervals hold together with probability "
-        f"{1 - ALPHA:.2f}. helps / hurts: the interval excludes 0 (the max-t adjusted p, p_maxt, is at most "
-        f"{level:.4f}); the decisions and the intervals cannot disagree."
+        f"(1 - (1 - {ALPHA})^(1/{planned_datasets(datasets)}), over the ablation file's datasets) all the family's "
+        f"intervals hold together with probability {1 - ALPHA:.2f}. helps / hurts: the interval excludes 0 (the "
+        f"max-t adjusted p, p_maxt, is at most {level:.4f}); the decisions and the intervals cannot disagree. "
+        f"p_maxt is (b + 1) / (N + 1) for b of the N sign patterns reaching the comparison's |t| (Phipson and "
+        f"Smyth 2010), so never below 1 / (N + 1) = {1 / (patterns + 1):.2g} here: a p_maxt "
+        f"at that floor means no pattern reached it, not that p is exactly that; and an interval is unbounded, "
+        f"with no verdict possible but inconclusive, where even that floor is above the level (below 6 seeds at "
+        f"three datasets' level). {BOOTSTRAP_MARK} marks a helps "
+        f"or hurts whose bootstrap over seeds and test molecules, at the same simultaneous level, does not "
+        f"exclude 0: the difference is within the test molecules' sampling error."
     )
     margins = "; ".join(
         f"{d.dataset} ±{comparison.loc[comparison.dataset == d.dataset, 'margin'].iloc[0]:.4g}"
@@ -659,7 +685,7 @@ def how_to_read_section(
         )
 
 
-def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame, store: FileSystemArtifactStore) -> None:
+def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame, predictions: StoredTestPredictions) -> None:
     metric, order = d.metric, d.order
     page.heading(f"{d.dataset}: scores per variant ({metric}, {'higher' if d.higher else 'lower'} is better)", 3)
     summary = (
@@ -733,7 +759,7 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame, stor
         "Paired test differences to the baseline: the 95% CI (thick) and the simultaneous interval (thin), as in "
         "the table; the line is no effect",
     )
-    size_section(page, d, store)
+    size_section(page, d, predictions)
     page.heading(f"{d.dataset}: validation and test", 3)
     for r in comparison.to_dict("records"):
         if r["testable"] and np.sign(r["valid_diff"]) != np.sign(r["mean_diff"]):
@@ -753,10 +779,10 @@ def dataset_sections(page: Page, d: AblationRuns, comparison: pd.DataFrame, stor
     )
 
 
-def size_section(page: Page, d: AblationRuns, store: FileSystemArtifactStore) -> None:
+def size_section(page: Page, d: AblationRuns, predictions: StoredTestPredictions) -> None:
     """The paired test differences within quarters of the test molecules by size (`sizes`)."""
     page.heading(f"{d.dataset}: test differences by molecule size", 3)
-    table = size_quarters(d, store)
+    table = size_quarters(d, predictions)
     if isinstance(table, str):
         page.text(f"Not shown: {table}.")
         return

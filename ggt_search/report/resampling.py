@@ -26,19 +26,16 @@ sentences below each. Both tests take arrays; a study's runs give them through `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from ggt_search.report.statistics import ALPHA
-from ggt_search.storage import artifact_dir
-from ggt_search.trials import load_predictions
+from ggt_search.trials import StoredTestPredictions
 
 if TYPE_CHECKING:  # the report's module imports this one
     from ggt_search.report.ablation import AblationRuns
@@ -144,8 +141,8 @@ def paired_bootstrap(metric: str, runs: list[PairedRuns], replicates: int = REPL
     differences = np.concatenate(differences, axis=1)  # [replicates, cells]
     cells = differences.shape[1]
     drawn = rng.integers(cells, size=(replicates, cells))
-    means = np.take_along_axis(differences, drawn, axis=1).mean(1)
-    means = means[~np.isnan(means)]
+    replicate_means = np.take_along_axis(differences, drawn, axis=1).mean(1)
+    means = replicate_means[~np.isnan(replicate_means)]
     low, high = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
     extreme = min(np.sum(means <= 0), np.sum(means >= 0))
     return {
@@ -154,6 +151,7 @@ def paired_bootstrap(metric: str, runs: list[PairedRuns], replicates: int = REPL
         "boot_high": float(high),
         "p_boot": float(min(1.0, 2 * (extreme + 1) / (len(means) + 1))),
         "replicates": len(means),
+        "replicate_means": replicate_means,  # [replicates], NaN kept: replicate r of every comparison alike
     }
 
 
@@ -195,43 +193,74 @@ def delong_test(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> di
     }
 
 
-def with_bootstrap(comparison: pd.DataFrame, datasets: list[AblationRuns], storage: str) -> pd.DataFrame:
+def simultaneous_bootstrap(observed: np.ndarray, means: np.ndarray, level: float) -> np.ndarray:
+    """The bootstrap max-t intervals of several comparisons' mean differences `observed` [comparisons],
+    from replicates drawn jointly for all of them (`means` [replicates, comparisons], NaN where a replicate
+    has no score): each replicate's largest |mean* - observed| / sd* over the comparisons, and its (1 - level)
+    quantile q, so observed ± q·sd* covers every comparison at once with probability about 1 - level (the
+    bootstrap form of the sign-flip max-t, Romano & Wolf 2005). Returns the half-widths q·sd*."""
+    sd = np.nanstd(means, axis=0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deviation = np.abs(means - observed) / sd
+    largest = np.nanmax(np.where(np.isnan(deviation), -np.inf, deviation), axis=1)
+    return np.quantile(largest[np.isfinite(largest)], 1 - level) * sd
+
+
+def with_bootstrap(
+    comparison: pd.DataFrame, datasets: list[AblationRuns], predictions: StoredTestPredictions
+) -> pd.DataFrame:
     """`comparison` (one row per dataset and variant, `ablation.compare`'s) with the bootstrap of each row's
-    matching cells: boot_low, boot_high, p_boot, and the report's column COLUMN, where a comparison whose runs
-    stored no predictions (they ran before predictions were stored) says so."""
-    folder = artifact_dir(storage)  # where `ablate` stores them (its CLI takes no other folder)
-    store, loaded = FileSystemArtifactStore(str(folder)), {}
-    rows = []
+    matching cells: boot_low, boot_high, p_boot (95%, the comparison alone), boot_sim_low, boot_sim_high (at the
+    verdicts' simultaneous level: every variant of the dataset at once), and the report's column COLUMN, where
+    a comparison whose runs stored no predictions (they ran before predictions were stored) says so.
+
+    Every comparison's bootstrap starts from the same generator seed, so comparisons over the same cells and
+    test sets draw the same molecules and seeds replicate by replicate: one joint bootstrap of all of them, as
+    the max-t needs. Comparisons over other cells (a variant missing a seed) form their own joint groups, each
+    at its share of the level (Bonferroni between the groups)."""
+    rows, groups = [], {}
     for d in datasets:
         for variant, own, base in d.paired():
             artifacts = list(zip(own["predictions"], base["predictions"], strict=True))
-            rows.append(
-                {"dataset": d.dataset, "variant": variant} | _bootstrap_row(d.metric, artifacts, store, folder, loaded)
+            rows.append({"dataset": d.dataset, "variant": variant} | _bootstrap_row(d.metric, artifacts, predictions))
+            if "replicate_means" in rows[-1]:
+                groups.setdefault((d.dataset, tuple(own.index)), []).append(rows[-1])
+    level = comparison["level"].iloc[0]  # one per-dataset level for all datasets (`ablation.compare`)
+    for (dataset, _), group in groups.items():
+        share = len(group) / sum(len(g) for (name, _), g in groups.items() if name == dataset)
+        half = simultaneous_bootstrap(
+            np.array([r["boot_diff"] for r in group]),
+            np.column_stack([r.pop("replicate_means") for r in group]),
+            level * share,
+        )
+        for r, h in zip(group, half, strict=True):
+            r["boot_sim_low"], r["boot_sim_high"] = r["boot_diff"] - h, r["boot_diff"] + h
+            r[COLUMN] = (
+                f"[{r['boot_sim_low']:+.4f}, {r['boot_sim_high']:+.4f}]; 95% [{r['boot_low']:+.4f}, "
+                f"{r['boot_high']:+.4f}], p = {r['p_boot']:.3g}"
             )
-    return comparison.merge(pd.DataFrame(rows), on=["dataset", "variant"], how="left") if rows else comparison
+    if not rows:
+        return comparison
+    return comparison.merge(pd.DataFrame(rows), on=["dataset", "variant"], how="left")
 
 
-def _bootstrap_row(
-    metric: str, artifacts: list[tuple], store: FileSystemArtifactStore, folder: Path, loaded: dict
-) -> dict:
-    """The bootstrap's columns for one comparison, from its (variant, baseline) runs' artifact ids, cell by cell;
-    `loaded` keeps the test predictions read so far (the baseline's serve every variant)."""
+def _bootstrap_row(metric: str, artifacts: list[tuple], predictions: StoredTestPredictions) -> dict:
+    """The bootstrap's columns for one comparison, from its (variant, baseline) runs' artifact ids, cell by cell,
+    with its replicates' mean differences (`replicate_means`) for the joint intervals."""
     missing = sum(bool(pd.isna(a)) for pair in artifacts for a in pair)
     if missing:
         runs = 2 * len(artifacts)
         return {COLUMN: NO_PREDICTIONS if missing == runs else f"{NO_PREDICTIONS} for {missing} of {runs} runs"}
     try:
-        for artifact in {a for pair in artifacts for a in pair} - set(loaded):
-            loaded[artifact] = load_predictions(store, artifact)["test"]
+        loaded = [(predictions[variant], predictions[baseline]) for variant, baseline in artifacts]
     except ArtifactNotFound:
-        return {COLUMN: f"stored predictions missing from {folder}"}
+        return {COLUMN: f"stored predictions missing from {predictions.folder}"}
     test_sets: dict[bytes, list] = {}  # runs on the same test molecules share each replicate's molecule draw
-    for variant, baseline in artifacts:
-        own, base = loaded[variant], loaded[baseline]
+    for own, base in loaded:
         if not np.array_equal(own.graphs, base.graphs):
             return {COLUMN: "paired runs scored different test molecules"}
         test_sets.setdefault(own.graphs.tobytes(), []).append((own, base))
-    result = paired_bootstrap(
+    return paired_bootstrap(
         metric,
         [
             PairedRuns(
@@ -240,26 +269,25 @@ def _bootstrap_row(
             for pairs in test_sets.values()
         ],
     )
-    interval = f"[{result['boot_low']:+.4f}, {result['boot_high']:+.4f}], p = {result['p_boot']:.3g}"
-    return result | {COLUMN: interval}
 
 
 def bootstrap_note(comparison: pd.DataFrame) -> str:
     """The sentence below a dataset's comparison table that says what the bootstrap column covers, and each
-    comparison where the t-test finds a difference the bootstrap's interval does not."""
+    helps / hurts verdict whose difference the bootstrap's simultaneous interval does not exclude."""
     text = (
         f"The {COLUMN} ({REPLICATES} replicates) resamples the paired seeds and, independently, the test molecules "
-        "(one draw for both arms and every seed, so the comparison stays paired) and recomputes every run's score: "
-        "its 95% percentile interval and two-sided p cover which molecules happen to be in the test set as well as "
-        "training randomness, while the t-test covers training randomness alone."
+        "(one draw for both arms, every seed and every variant, so the comparisons stay paired and jointly drawn) "
+        "and recomputes every run's score: its intervals cover which molecules happen to be in the test set as "
+        "well as training randomness, while the t-test covers training randomness alone. First the simultaneous "
+        "interval at the verdicts' level (bootstrap max-t over the dataset's variants), then the comparison's own "
+        "95% percentile interval and two-sided p."
     )
     for r in comparison.to_dict("records"):
-        low, high = r.get("boot_low", np.nan), r.get("boot_high", np.nan)
-        if r["testable"] and r["p_t"] < ALPHA and low <= 0 <= high:
-            verdict = "; its verdict rests on the t-test alone" if r.get("verdict") in ("helps", "hurts") else ""
+        low, high = r.get("boot_sim_low", np.nan), r.get("boot_sim_high", np.nan)
+        if r.get("verdict") in ("helps", "hurts") and low <= 0 <= high:
             text += (
-                f" {r['variant']}: the t-test finds a difference (p = {r['p_t']:.3g}), but the bootstrap interval "
+                f" {r['variant']}: {r['verdict']} by the t-test's simultaneous interval, but the bootstrap's "
                 f"[{low:+.4f}, {high:+.4f}] contains 0: the difference is within the test molecules' sampling "
-                f"error{verdict}."
+                "error; its verdict rests on the t-test alone."
             )
     return text

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from ggt_search.ablate import BASELINE
@@ -22,12 +21,12 @@ from ggt_search.datasets import load_dataset
 from ggt_search.errors import UserError
 from ggt_search.metrics import score
 from ggt_search.record import StudyRecord
-from ggt_search.trials import Predictions, load_predictions
+from ggt_search.trials import Predictions, StoredTestPredictions
 
 QUARTERS = 4
 
 
-def size_quarters(d, store: FileSystemArtifactStore) -> pd.DataFrame | str:
+def size_quarters(d, predictions: StoredTestPredictions) -> pd.DataFrame | str:
     """A row per variant of `d` (an AblationRuns): the baseline's mean test score in each size quarter, then
     each variant's mean paired difference to it there (NaN where a quarter's score is undefined, e.g. one
     class only). Or why there is no such table: runs without stored predictions, or no dataset to size."""
@@ -40,7 +39,7 @@ def size_quarters(d, store: FileSystemArtifactStore) -> pd.DataFrame | str:
         return f"its dataset could not be loaded to count atoms ({error})"
     atoms = graphs.num_nodes().numpy()
     try:
-        test = {artifact: load_predictions(store, artifact)["test"] for artifact in d.runs.predictions}
+        test = {artifact: predictions[artifact] for artifact in d.runs.predictions}
     except ArtifactNotFound:
         return "its stored predictions are missing"
     first = next(iter(test.values()))
