@@ -35,6 +35,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from ggt_search.config import DEFAULT_STORAGE, DatasetSpec, RunConfig, config_difference, read_yaml_mapping
@@ -525,11 +526,11 @@ def missing_runs(study: optuna.Study, ablation: Ablation) -> list[RunKey]:
     return [key for key in ablation.runs() if key not in taken]
 
 
-def finished_runs(settings: AblationSettings, dataset: DatasetSpec) -> int:
+def finished_runs(settings: AblationSettings, dataset: DatasetSpec, storage: RDBStorage) -> int:
     """How many of the ablation's runs on `dataset` have finished (0 before its study exists)."""
     ablation = settings.ablation
     try:
-        study = optuna.load_study(study_name=ablation.study_name(settings.study, dataset), storage=settings.storage)
+        study = optuna.load_study(study_name=ablation.study_name(settings.study, dataset), storage=storage)
     except KeyError:
         return 0
     planned = set(ablation.runs())
@@ -627,7 +628,8 @@ class GridLine:
     def __init__(self, settings: AblationSettings, dataset: DatasetSpec, name: str, metric: str):
         ablation = settings.ablation
         self.runs, self.name, self.metric, self.workers = len(ablation.runs()), name, metric, settings.workers
-        self.elsewhere = sum(finished_runs(settings, other) for other in ablation.datasets if other != dataset)
+        storage = open_storage(settings.storage)  # read once per worker; not this study's heartbeat
+        self.elsewhere = sum(finished_runs(settings, d, storage) for d in ablation.datasets if d != dataset)
         self.total = len(ablation.datasets) * self.runs
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -578,10 +578,10 @@ def verdict_cell(row: pd.Series) -> str:
     if not row["testable"]:
         return f"{MARKS['not testable']} {row['n']} seed{'s' if row['n'] != 1 else ''}"
     late = " †" if row["late_share"] > STILL_IMPROVING else ""
-    molecules = f" {BOOTSTRAP_MARK}" if within_molecule_error(row) else ""
     mark = MARKS[row["verdict"]]
     if np.isinf(row["critical"]):  # too few sign patterns for any p to reach the level
         return f"{row['mean_diff']:+.3f} [unbounded at {row['n']} seeds] {mark}{late}"
+    molecules = f" {BOOTSTRAP_MARK}" if within_molecule_error(row) else ""
     return f"{row['mean_diff']:+.3f} [{row['sim_low']:+.3f}, {row['sim_high']:+.3f}] {mark}{late}{molecules}"
 
 
@@ -604,10 +604,10 @@ def how_to_read_section(
     page.heading("How to read the verdicts", 3)
     level = comparison["level"].iloc[0]
     cells = max(len(set(d.runs.cell)) for d in datasets)
-    patterns = 2**cells if cells <= EXACT_FLIPS else FLIP_DRAWS
-    flips = (
-        f"all 2^{cells} sign patterns" if cells <= EXACT_FLIPS else f"{FLIP_DRAWS:,} random sign patterns (fixed seed)"
-    )
+    exact = cells <= EXACT_FLIPS
+    patterns = 2**cells if exact else FLIP_DRAWS
+    flips = f"all 2^{cells} sign patterns" if exact else f"{FLIP_DRAWS:,} random sign patterns (fixed seed)"
+    fewest = next((n for n in range(1, EXACT_FLIPS + 1) if 1 / (2**n + 1) <= level), EXACT_FLIPS + 1)  # a verdict needs
     page.text(
         f"Simultaneous intervals: Westfall and Young's sign-flip max-t (single step). On each dataset every "
         f"variant is compared with the same baseline runs (Dunnett's many-to-one setting), so the comparisons are "
@@ -621,8 +621,8 @@ def how_to_read_section(
         f"p_maxt is (b + 1) / (N + 1) for b of the N sign patterns reaching the comparison's |t| (Phipson and "
         f"Smyth 2010), so never below 1 / (N + 1) = {1 / (patterns + 1):.2g} here: a p_maxt "
         f"at that floor means no pattern reached it, not that p is exactly that; and an interval is unbounded, "
-        f"with no verdict possible but inconclusive, where even that floor is above the level (below 6 seeds at "
-        f"three datasets' level). {BOOTSTRAP_MARK} marks a helps "
+        f"with no verdict possible but inconclusive, where even that floor is above the level (below {fewest} "
+        f"seeds at this level). {BOOTSTRAP_MARK} marks a helps "
         f"or hurts whose bootstrap over seeds and test molecules, at the same simultaneous level, does not "
         f"exclude 0: the difference is within the test molecules' sampling error."
     )

@@ -25,6 +25,7 @@ sentences below each. Both tests take arrays; a study's runs give them through `
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -226,12 +227,12 @@ def with_bootstrap(
             if "replicate_means" in rows[-1]:
                 groups.setdefault((d.dataset, tuple(own.index)), []).append(rows[-1])
     level = comparison["level"].iloc[0]  # one per-dataset level for all datasets (`ablation.compare`)
+    per_dataset = Counter(dataset for (dataset, _), group in groups.items() for _ in group)
     for (dataset, _), group in groups.items():
-        share = len(group) / sum(len(g) for (name, _), g in groups.items() if name == dataset)
         half = simultaneous_bootstrap(
             np.array([r["boot_diff"] for r in group]),
             np.column_stack([r.pop("replicate_means") for r in group]),
-            level * share,
+            level * len(group) / per_dataset[dataset],
         )
         for r, h in zip(group, half, strict=True):
             r["boot_sim_low"], r["boot_sim_high"] = r["boot_diff"] - h, r["boot_diff"] + h
